@@ -1,0 +1,44 @@
+"""Shared test fixtures: where the real test data lives, and a small helper to run commands."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    candidates = [os.environ.get("TRACTPATCH_SHARED"), REPO.parent / "shared" / "data",
+                  Path("/work/shared/data")]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    raise RuntimeError("shared test data not found: set TRACTPATCH_SHARED to shared/data")
+
+
+SHARED = _shared_data()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real survey data, read-only)."""
+    return SHARED
+
+
+def run_cmd(script: str, *args, check=None, env=None):
+    """Run ``bin/<script>`` with the test interpreter; returns CompletedProcess."""
+    cmd = [sys.executable, str(REPO / "bin" / script), *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+@pytest.fixture
+def run():
+    """The :func:`run_cmd` helper."""
+    return run_cmd

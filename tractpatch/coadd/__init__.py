@@ -1,0 +1,1 @@
+"""Warping kernels, stacking statistics and the per-patch coadd driver."""

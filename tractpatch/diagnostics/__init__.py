@@ -1,0 +1,1 @@
+"""Diagnostic plots and data files of the fits, and the HTML report."""

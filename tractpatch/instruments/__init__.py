@@ -1,0 +1,1 @@
+"""Shipped instrument descriptions (YAML); see :mod:`tractpatch.repo.instrument`."""

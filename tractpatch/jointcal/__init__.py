@@ -1,0 +1,1 @@
+"""Joint astrometric and photometric calibration (jointcal and the mosaic solver)."""

@@ -1,0 +1,1 @@
+"""Reference catalogs: ingest, sharding, loading, fetching."""

@@ -1,0 +1,331 @@
+"""The registry: an SQL database (SQLite by default, PostgreSQL for shared repositories).
+
+Tables
+------
+exposure      one row per CCD of a visit: data-ID keys, file and HDU, companion files,
+              the four sky corners (deg) and centre, size, and the file's size/mtime
+rerun         rerun name and its parent (``--rerun IN:OUT``)
+skymap, tract, patch
+              skymaps saved by makeDiscreteSkyMap/makeSkyMap, with sky polygons
+ledger        per task, rerun and data ID: state (pending/running/done), fault count,
+              quality flag, message, host and times (the processing ledger)
+ccd_summary   per-CCD measurements (PSF FWHM, sky level and noise, numbers of sources)
+
+Every method opens its own short transaction, so several processes may share a
+registry (SQLite serialises writers with a busy timeout; PostgreSQL is the choice for
+many writers on a network filesystem).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import UserError
+from .dataid import DataIdSpec
+
+metadata = sa.MetaData()
+
+exposure = sa.Table(
+    "exposure", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instrument", sa.String(64), nullable=False),
+    sa.Column("visit", sa.BigInteger, nullable=False),
+    sa.Column("ccd", sa.Integer, nullable=False),
+    sa.Column("ccdname", sa.String(64)),
+    sa.Column("filter", sa.String(64), nullable=False),
+    sa.Column("field", sa.String(128)),
+    sa.Column("pointing", sa.Integer),
+    sa.Column("dateObs", sa.String(32)),
+    sa.Column("mjd", sa.Float),
+    sa.Column("expTime", sa.Float),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("hdu", sa.String(64)),
+    sa.Column("weight_path", sa.Text),
+    sa.Column("weight_hdu", sa.String(64)),
+    sa.Column("weight_kind", sa.String(16)),  # weight (inverse variance) | variance
+    sa.Column("mask_path", sa.Text),
+    sa.Column("mask_hdu", sa.String(64)),
+    sa.Column("nx", sa.Integer), sa.Column("ny", sa.Integer),
+    *[sa.Column(f"{c}{i}", sa.Float) for i in range(1, 5) for c in ("ra", "dec")],
+    sa.Column("ra_center", sa.Float), sa.Column("dec_center", sa.Float),
+    sa.Column("file_size", sa.BigInteger), sa.Column("file_mtime", sa.Float),
+    sa.Column("ingested", sa.Float),
+    sa.UniqueConstraint("visit", "ccd", name="uq_exposure_visit_ccd"),
+)
+
+rerun = sa.Table(
+    "rerun", metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("parent", sa.String(255)),
+    sa.Column("created", sa.Float),
+)
+
+skymap = sa.Table(
+    "skymap", metadata,
+    sa.Column("rerun", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("created", sa.Float),
+)
+
+tract = sa.Table(
+    "tract", metadata,
+    sa.Column("rerun", sa.String(255), primary_key=True),
+    sa.Column("tract", sa.Integer, primary_key=True),
+    sa.Column("ra", sa.Float), sa.Column("dec", sa.Float),
+    sa.Column("num_patches_x", sa.Integer), sa.Column("num_patches_y", sa.Integer),
+    sa.Column("polygon", sa.Text),  # JSON [[ra, dec], ...]
+)
+
+patch = sa.Table(
+    "patch", metadata,
+    sa.Column("rerun", sa.String(255), primary_key=True),
+    sa.Column("tract", sa.Integer, primary_key=True),
+    sa.Column("x", sa.Integer, primary_key=True),
+    sa.Column("y", sa.Integer, primary_key=True),
+    sa.Column("polygon", sa.Text),  # JSON, inner box corners
+)
+
+ledger = sa.Table(
+    "ledger", metadata,
+    sa.Column("task", sa.String(64), primary_key=True),
+    sa.Column("rerun", sa.String(255), primary_key=True),
+    sa.Column("data_id", sa.String(255), primary_key=True),  # canonical JSON
+    sa.Column("state", sa.String(16), nullable=False),  # pending | running | done
+    sa.Column("faults", sa.Integer, nullable=False, default=0),
+    sa.Column("quality", sa.Text),  # a data-quality flag: the unit is left out later
+    sa.Column("message", sa.Text),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started", sa.Float), sa.Column("finished", sa.Float),
+)
+
+ccd_summary = sa.Table(
+    "ccd_summary", metadata,
+    sa.Column("rerun", sa.String(255), primary_key=True),
+    sa.Column("visit", sa.BigInteger, primary_key=True),
+    sa.Column("ccd", sa.Integer, primary_key=True),
+    sa.Column("psf_fwhm", sa.Float),  # arcsec
+    sa.Column("sky_level", sa.Float), sa.Column("sky_noise", sa.Float),
+    sa.Column("n_sources", sa.Integer), sa.Column("n_stars", sa.Integer),
+)
+
+#: exposure columns that are data-ID keys
+EXPOSURE_KEYS = ("visit", "ccd", "filter", "field", "pointing", "dateObs")
+
+
+def canonical_data_id(data_id: dict) -> str:
+    """The ledger's key for a data ID: JSON with sorted keys."""
+    return json.dumps({k: data_id[k] for k in sorted(data_id)}, separators=(",", ":"))
+
+
+class Registry:
+    """Access to the registry database.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:////data/repo/registry.sqlite3`` or
+        ``postgresql+psycopg2://user@host/db``.
+    create : bool
+        Create missing tables.
+    """
+
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        kwargs = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 120}
+        try:
+            self.engine = sa.create_engine(url, future=True, **kwargs)
+            if url.startswith("sqlite"):
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            if create:
+                metadata.create_all(self.engine)
+        except Exception as exc:
+            raise UserError(f"registry {url}: cannot open ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]}); check --registry / repo.yaml") from None
+
+    @classmethod
+    def for_root(cls, root, url: str | None = None) -> "Registry":
+        """The registry of repository ``root`` (``ROOT/registry.sqlite3`` by default)."""
+        if url is None:
+            url = f"sqlite:///{Path(root).resolve() / 'registry.sqlite3'}"
+        return cls(url)
+
+    # --- exposures --------------------------------------------------------------
+    def add_exposure(self, row: dict) -> str:
+        """Insert one CCD. Returns ``"added"``, ``"same"`` (already there from the same
+        file) or raises UserError when another file already holds this visit/ccd."""
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(exposure).where(
+                exposure.c.visit == row["visit"], exposure.c.ccd == row["ccd"])).first()
+            if old is not None:
+                old = old._mapping
+                if old["path"] == row["path"] and str(old["hdu"]) == str(row.get("hdu")):
+                    return "same"
+                raise UserError(
+                    f"{row['path']}: visit {row['visit']} ccd {row['ccd']} is already "
+                    f"ingested from {old['path']}; remove one of them or fix the visit "
+                    "number (e.g. --instrument with another visit keyword)")
+            try:
+                conn.execute(exposure.insert().values(ingested=time.time(), **row))
+            except IntegrityError:  # a concurrent ingest won the race
+                return "same"
+        return "added"
+
+    def exposures(self, specs: list[DataIdSpec] | None = None, **equal) -> list[dict]:
+        """Exposure rows matching any of ``specs`` (union) and all ``equal`` terms."""
+        q = sa.select(exposure).order_by(exposure.c.visit, exposure.c.ccd)
+        for k, v in equal.items():
+            q = q.where(exposure.c[k] == v)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        if specs:
+            rows = [r for r in rows if any(s.matches(r) for s in specs)]
+        return rows
+
+    def exposure(self, visit: int, ccd: int) -> dict:
+        """One exposure row; UserError if missing."""
+        rows = self.exposures(visit=visit, ccd=ccd)
+        if not rows:
+            raise UserError(f"visit={visit} ccd={ccd}: not in the registry; "
+                            "ingest it with ingestImages.py")
+        return rows[0]
+
+    # --- reruns -------------------------------------------------------------------
+    def add_rerun(self, name: str, parent: str | None) -> None:
+        """Record a rerun and its parent (idempotent; a changed parent is an error)."""
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(rerun).where(rerun.c.name == name)).first()
+            if old is None:
+                try:
+                    conn.execute(rerun.insert().values(name=name, parent=parent,
+                                                       created=time.time()))
+                except IntegrityError:
+                    pass
+            elif parent is not None and old._mapping["parent"] not in (None, parent):
+                raise UserError(f"--rerun {parent}:{name}: rerun {name} already has "
+                                f"input {old._mapping['parent']}; use another output rerun")
+
+    def rerun_chain(self, name: str) -> list[str]:
+        """``[name, parent, grandparent, ...]``."""
+        chain = [name]
+        with self.engine.connect() as conn:
+            while True:
+                r = conn.execute(sa.select(rerun.c.parent).where(
+                    rerun.c.name == chain[-1])).first()
+                if r is None or r[0] is None or r[0] in chain:
+                    return chain
+                chain.append(r[0])
+
+    # --- ledger -------------------------------------------------------------------
+    def ledger_get(self, task: str, rerun_name: str, data_id: dict) -> dict | None:
+        """The ledger row of one unit of work, or None."""
+        key = canonical_data_id(data_id)
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(ledger).where(
+                ledger.c.task == task, ledger.c.rerun == rerun_name,
+                ledger.c.data_id == key)).first()
+        return dict(r._mapping) if r else None
+
+    def ledger_set(self, task: str, rerun_name: str, data_id: dict, state: str,
+                   fault: bool = False, quality: str | None = None,
+                   message: str | None = None) -> None:
+        """Create or update the ledger row of one unit of work."""
+        key = canonical_data_id(data_id)
+        now = time.time()
+        values = dict(state=state, quality=quality, message=message,
+                      host=socket.gethostname(), pid=os.getpid())
+        if state == "running":
+            values["started"] = now
+            values["finished"] = None
+        else:
+            values["finished"] = now
+        for _ in range(2):
+            with self.engine.begin() as conn:
+                r = conn.execute(sa.select(ledger.c.faults).where(
+                    ledger.c.task == task, ledger.c.rerun == rerun_name,
+                    ledger.c.data_id == key)).first()
+                if r is None:
+                    try:
+                        conn.execute(ledger.insert().values(
+                            task=task, rerun=rerun_name, data_id=key,
+                            faults=int(fault), **values))
+                        return
+                    except IntegrityError:
+                        continue  # inserted concurrently: update instead
+                faults = r[0] + int(fault)
+                conn.execute(ledger.update().where(
+                    ledger.c.task == task, ledger.c.rerun == rerun_name,
+                    ledger.c.data_id == key).values(faults=faults, **values))
+                return
+
+    def ledger_rows(self, rerun_name: str, task: str | None = None) -> list[dict]:
+        """All ledger rows of a rerun (optionally of one task)."""
+        q = sa.select(ledger).where(ledger.c.rerun == rerun_name)
+        if task:
+            q = q.where(ledger.c.task == task)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q.order_by(ledger.c.task,
+                                                                      ledger.c.data_id))]
+        for r in rows:
+            r["data_id"] = json.loads(r["data_id"])
+        return rows
+
+    # --- CCD summaries ------------------------------------------------------------
+    def put_ccd_summary(self, rerun_name: str, visit: int, ccd: int, **values) -> None:
+        """Insert or replace the per-CCD summary of one CCD."""
+        with self.engine.begin() as conn:
+            conn.execute(ccd_summary.delete().where(
+                ccd_summary.c.rerun == rerun_name, ccd_summary.c.visit == visit,
+                ccd_summary.c.ccd == ccd))
+            conn.execute(ccd_summary.insert().values(rerun=rerun_name, visit=visit,
+                                                     ccd=ccd, **values))
+
+    def ccd_summaries(self, rerun_name: str) -> list[dict]:
+        """All per-CCD summaries of a rerun."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(ccd_summary).where(ccd_summary.c.rerun == rerun_name))]
+
+    # --- skymaps ------------------------------------------------------------------
+    def put_skymap(self, rerun_name: str, name: str, config: str, tracts: list[dict],
+                   patches: list[dict]) -> None:
+        """Replace the skymap, tracts and patches recorded for a rerun."""
+        with self.engine.begin() as conn:
+            for t in (skymap, tract, patch):
+                conn.execute(t.delete().where(t.c.rerun == rerun_name))
+            conn.execute(skymap.insert().values(rerun=rerun_name, name=name,
+                                                config=config, created=time.time()))
+            if tracts:
+                conn.execute(tract.insert(), [dict(rerun=rerun_name, **t) for t in tracts])
+            if patches:
+                conn.execute(patch.insert(), [dict(rerun=rerun_name, **p) for p in patches])
+
+    def tracts(self, rerun_name: str) -> list[dict]:
+        """Tract rows of a rerun's skymap."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(tract).where(tract.c.rerun == rerun_name).order_by(tract.c.tract))]
+
+    def patches(self, rerun_name: str, tract_id: int | None = None) -> list[dict]:
+        """Patch rows of a rerun's skymap (optionally of one tract)."""
+        q = sa.select(patch).where(patch.c.rerun == rerun_name)
+        if tract_id is not None:
+            q = q.where(patch.c.tract == tract_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=120000")
+    cur.close()

@@ -1,0 +1,1 @@
+"""The survey simulator: HSC-like exposures with known truth."""

@@ -1,0 +1,1 @@
+"""Tract and patch geometry: discrete and rings skymaps, object-ID packing."""

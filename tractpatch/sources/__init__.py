@@ -1,0 +1,1 @@
+"""Per-CCD source detection and measurement."""
