@@ -123,12 +123,12 @@ def read_exposure(path, hdu=None, **kwargs) -> Exposure:
     ----------
     path : str or Path
     hdu : int or str, optional
-        Image HDU for files that are not our MEF.
+        Image HDU for files that are not our MEF (for our MEF: None or the IMAGE HDU).
     **kwargs
         Passed to :func:`read_image_file` for foreign files.
     """
     with open_fits(path) as hdul:
-        if hdu is None and is_tractpatch_mef(hdul):
+        if is_tractpatch_mef(hdul) and (hdu is None or hdul[hdu].name == "IMAGE"):
             return _read_mef(hdul, path)
     return read_image_file(path, hdu=hdu, **kwargs)
 
