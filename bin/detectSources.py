@@ -1,0 +1,5 @@
+#!/usr/bin/env python3
+"""Detect and measure sources on each CCD (see tractpatch.sources.task)."""
+from tractpatch.sources.task import main
+
+main()

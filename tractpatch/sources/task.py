@@ -1,0 +1,245 @@
+"""``detectSources.py ROOT --rerun R --id ... [-j N]``: per-CCD SRC catalogs.
+
+For every CCD: sky background (sep mesh) subtracted, detection above a threshold in
+units of the variance plane with deblending, windowed centroids with errors, aperture
+fluxes at several radii, a Gaussian matched-filter PSF-like flux with an aperture
+correction from the CCD's stars, sizes and shapes, a star/galaxy indicator, mask flags
+and header-WCS sky coordinates. Writes ``SRC-<visit>-<ccd>.fits`` (docs/interfaces.md)
+and the per-CCD summary into the registry.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.wcs.utils import proj_plane_pixel_scales
+from pydantic import Field
+
+from ..cli import CmdLineTask, TaskConfig
+from ..errors import DataQualityError, UserError
+from ..image.exposure import Exposure
+from ..repo.exposure_io import load_exposure
+from .background import estimate_background
+from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
+from .classify import aperture_correction, is_star, stellar_locus
+from .detect import SEP_BLENDED, detect_sources
+from .measure import (aperture_fluxes, gaussian_psf_flux, half_light_radius,
+                      mask_flags, windowed_centroids)
+
+
+class DetectSourcesConfig(TaskConfig):
+    """Configuration of detectSources.py."""
+
+    threshold: float = Field(5.0, gt=0, description="detection threshold in sigma of "
+                             "the per-pixel noise from the variance plane")
+    min_area: int = Field(5, ge=1, description="minimum connected pixels of a detection")
+    deblend_nthresh: int = Field(32, ge=1, description="deblending sub-thresholds "
+                                 "(SExtractor DEBLEND_NTHRESH)")
+    deblend_cont: float = Field(0.005, ge=0, le=1, description="minimum contrast of a "
+                                "deblended component (SExtractor DEBLEND_MINCONT)")
+    clean: bool = Field(True, description="remove spurious detections next to bright "
+                        "sources")
+    background_box: int = Field(64, ge=4, description="sky mesh box size (pixels)")
+    background_filter: int = Field(3, ge=1, description="median filter of the sky mesh "
+                                   "(boxes)")
+    aperture_radii: list[float] = Field([3.0, 6.0, 9.0, 12.0], min_length=1,
+                                        description="aperture radii in pixels "
+                                        "(columns flux_ap_<r>)")
+    bad_planes: list[str] = Field(["BAD", "NO_DATA"], description="mask planes "
+                                  "excluded from background, detection and measurement")
+    flag_radius_fwhm: float = Field(1.0, gt=0, description="mask planes within this "
+                                    "many PSF FWHMs of a source set its flags")
+    star_snr: float = Field(20.0, gt=0, description="minimum S/N of the stars that "
+                            "define the stellar locus and aperture correction")
+    locus_width: float = Field(0.15, gt=0, description="fractional half-width of the "
+                               "stellar size locus")
+    star_tolerance: float = Field(0.05, ge=0, description="allowed |flux_psf/flux_ap_max"
+                                  " - 1| of a star, added to nsigma times its error")
+    star_nsigma: float = Field(3.0, ge=0, description="error multiple in the star test")
+    default_fwhm: float = Field(4.0, gt=0, description="PSF FWHM (pixels) used when a "
+                                "CCD has no star for the locus")
+    use_gain: bool = Field(True, description="add source Poisson noise to the errors "
+                           "when the CCD's gain is known")
+
+
+@dataclass
+class SourceMeasurement:
+    """The measured catalog of one CCD and its summary."""
+
+    table: object  # astropy Table in SRC format
+    psf_fwhm_pix: float
+    psf_fwhm_arcsec: float
+    sky_level: float
+    sky_noise: float
+    apcorr: float
+    n_apcorr: int
+    n_sources: int
+    n_stars: int
+
+
+def _pixel_scale_arcsec(wcs) -> float:
+    if wcs is None:
+        return float("nan")
+    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+
+
+def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
+                     label: str = "CCD") -> SourceMeasurement:
+    """Detect and measure the sources of one Exposure.
+
+    Parameters
+    ----------
+    exp : Exposure
+    config : DetectSourcesConfig
+    label : str
+        Names the CCD in error messages (``visit=... ccd=...``).
+
+    Raises
+    ------
+    DataQualityError
+        No usable pixel, or no source detected.
+    """
+    mp = exp.mask_planes
+    image = np.asarray(exp.image, dtype=np.float32)
+    var = np.asarray(exp.variance, dtype=np.float32)
+    bad = ((exp.mask & mp.bitmask(*config.bad_planes)) != 0) | ~np.isfinite(image) \
+        | ~np.isfinite(var) | ~(var > 0)
+    if bad.all():
+        raise DataQualityError(f"{label}: no usable pixels (all masked, NaN or zero "
+                               "weight); the CCD is left out")
+    # pixels above the CCD's saturation level are saturated even if unmasked
+    satmask = exp.mask.copy()
+    if exp.info.saturation:
+        satmask[np.isfinite(image) & (image >= exp.info.saturation)] |= mp.bitmask("SAT")
+    image = np.where(bad, 0.0, image).astype(np.float32)
+    # bad pixels get a typical variance so sums stay finite (they are masked anyway)
+    var = np.where(bad, np.median(var[~bad]), var).astype(np.float32)
+    bad8 = bad.astype(np.uint8)
+
+    bkg = estimate_background(image, bad, config.background_box, config.background_filter)
+    data = np.where(bad, 0.0, image - bkg.level).astype(np.float32)
+
+    objs = detect_sources(data, var, bad8, config.threshold, config.min_area,
+                          config.deblend_nthresh, config.deblend_cont, config.clean)
+    if len(objs) == 0:
+        raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
+                               "sigma; the CCD is left out (check the image, or lower "
+                               "--config threshold=...)")
+    gain = exp.info.gain if (config.use_gain and exp.info.gain) else None
+    radii = list(config.aperture_radii)
+    rmax = max(radii)
+    x0 = np.asarray(objs["x"], float)
+    y0 = np.asarray(objs["y"], float)
+
+    r50 = half_light_radius(data, x0, y0, bad8, rmax)
+    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, r50, gain)
+    fwhm = 2.0 * r50  # exact for a Gaussian profile
+    aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
+    f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
+    f_max, e_max, _ = aps[rmax]
+
+    blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr_mid = f_mid / e_mid
+    # provisional flags at the default size, for choosing locus stars
+    locus_radius = config.flag_radius_fwhm * np.nanmedian(fwhm)
+    pre = _flags(satmask, mp, x, y, locus_radius if np.isfinite(locus_radius)
+                 else config.default_fwhm, blended)
+    candidates = (snr_mid >= config.star_snr) & (pre["bits"] == 0)
+    locus = stellar_locus(fwhm, candidates, config.locus_width)
+    psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
+
+    g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
+    apcorr, n_ap = aperture_correction(f_max, g_flux, locus.members)
+    flux_psf = g_flux * apcorr
+    flux_psf_err = g_err * apcorr
+    star, _ = is_star(flux_psf, flux_psf_err, f_max, e_max, config.star_tolerance,
+                      config.star_nsigma)
+    flags = _flags(satmask, mp, x, y, config.flag_radius_fwhm * psf_fwhm, blended)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = flux_psf / flux_psf_err
+        mag = np.where(flux_psf > 0, -2.5 * np.log10(flux_psf), np.nan)
+    if exp.wcs is not None:
+        ra, dec = exp.wcs.pixel_to_world_values(x, y)
+    else:
+        ra = dec = np.full(len(x), np.nan)
+    cols = {"id": source_ids(exp.info.visit or 0, exp.info.ccd or 0, len(x)),
+            "x": x, "y": y, "x_err": x_err, "y_err": y_err, "ra": ra, "dec": dec,
+            "flux_psf": flux_psf, "flux_psf_err": flux_psf_err, "mag_inst": mag,
+            "a": objs["a"], "b": objs["b"], "theta": objs["theta"], "fwhm": fwhm,
+            "snr": snr, "is_star": star, "flags": flags["bits"]}
+    for r in radii:
+        cols[aperture_column(r)] = aps[r][0]
+        cols[aperture_column(r) + "_err"] = aps[r][1]
+    for name in ("saturated", "edge", "bad", "cr", "blended"):
+        cols[f"flag_{name}"] = (flags["bits"] & FLAG_BITS[name]) != 0
+    table = build_table(cols, radii)
+    scale = _pixel_scale_arcsec(exp.wcs)
+    return SourceMeasurement(table=table, psf_fwhm_pix=float(psf_fwhm),
+                             psf_fwhm_arcsec=float(locus.fwhm * scale),
+                             sky_level=bkg.global_level, sky_noise=bkg.global_rms,
+                             apcorr=apcorr, n_apcorr=n_ap, n_sources=len(table),
+                             n_stars=int(np.count_nonzero(star)))
+
+
+def _flags(mask, mp, x, y, radius, blended) -> dict:
+    """The ``flags`` bitmask from the mask planes near each source and sep's blend flag."""
+    planes = {"saturated": mp.bitmask("SAT"), "edge": mp.bitmask("EDGE", "SENSOR_EDGE"),
+              "bad": mp.bitmask("BAD", "INTRP", "SUSPECT"), "cr": mp.bitmask("CR"),
+              "nodata": mp.bitmask("NO_DATA")}
+    hit = mask_flags(mask, x, y, max(float(radius), 1.0), planes)
+    bits = np.zeros(len(x), np.int32)
+    for name in planes:
+        bits |= np.where(hit[name], FLAG_BITS[name], 0).astype(np.int32)
+    bits |= np.where(hit["off_image"], FLAG_BITS["edge"], 0).astype(np.int32)
+    bits |= np.where(blended, FLAG_BITS["blended"], 0).astype(np.int32)
+    return {"bits": bits}
+
+
+class DetectSourcesTask(CmdLineTask):
+    """Detect and measure sources on every selected CCD (one unit per CCD)."""
+
+    name = "detectSources"
+    description = ("Detect and measure sources on each CCD (sep): SRC catalogs with "
+                   "windowed centroids, aperture and PSF fluxes, shapes, flags, ra/dec")
+    ConfigClass = DetectSourcesConfig
+    level = "ccd"
+
+    def run_unit(self, data_id: dict):
+        label = f"visit={data_id['visit']} ccd={data_id['ccd']}"
+        row = self.repo.registry.exposure(data_id["visit"], data_id["ccd"])
+        try:
+            exp = load_exposure(self.repo, row)
+        except DataQualityError:
+            raise
+        except UserError as exc:  # unreadable/empty file: flag this CCD, go on
+            raise DataQualityError(f"{label}: {exc}") from None
+        res = measure_exposure(exp, self.config, label)
+        info = exp.info
+        header = {"VISIT": int(info.visit), "CCD": int(info.ccd),
+                  "FILTER": info.filter, "MJD-OBS": info.mjd,
+                  "TIMESYS": info.timesys, "EXPTIME": info.exptime,
+                  "NX": int(exp.shape[1]), "NY": int(exp.shape[0]),
+                  "PSFFWHM": res.psf_fwhm_arcsec, "PSFFWPIX": res.psf_fwhm_pix,
+                  "SKYLEVEL": res.sky_level, "SKYNOISE": res.sky_noise,
+                  "APCORR": res.apcorr, "APCORRN": res.n_apcorr,
+                  "NSOURCES": res.n_sources, "NSTARS": res.n_stars,
+                  "CCDNAME": info.ccdname, "INSTRUME": info.instrument,
+                  "GAIN": info.gain, "SATURATE": info.saturation,
+                  **self.provenance()}
+        path = self.repo.path("src", visit=data_id["visit"], ccd=data_id["ccd"],
+                              pointing=row.get("pointing") or 0, filter=row["filter"])
+        write_src(path, res.table, header, exp.wcs)
+        fwhm = res.psf_fwhm_arcsec if np.isfinite(res.psf_fwhm_arcsec) else None
+        self.repo.registry.put_ccd_summary(
+            self.repo.rerun, int(data_id["visit"]), int(data_id["ccd"]), psf_fwhm=fwhm,
+            sky_level=res.sky_level, sky_noise=res.sky_noise, n_sources=res.n_sources,
+            n_stars=res.n_stars)
+        return {"n_sources": res.n_sources, "n_stars": res.n_stars, "psf_fwhm": fwhm}
+
+
+def main():
+    """Console-script entry point."""
+    sys.exit(DetectSourcesTask.main())
