@@ -49,6 +49,8 @@ def parse_id_value(key: str, text: str) -> list:
                         + ", ".join(DATA_ID_KEYS))
     if text == "":
         raise UserError(f"--id {key}=: empty value; give a value, e.g. {key}=1")
+    if not text.isprintable():
+        raise UserError(f"--id {key}={text!r}: the value holds non-printable characters")
     items = text.split("^")
     if any(i == "" for i in items):
         raise UserError(f"--id {key}={text}: empty item in the ^ list")
@@ -91,6 +93,8 @@ def parse_id_args(tokens: list[str]) -> DataIdSpec:
     spec = DataIdSpec()
     for tok in tokens:
         key, sep, text = tok.partition("=")
+        if not tok.isprintable():
+            raise UserError(f"--id {tok!r}: non-printable characters")
         if not sep or not key:
             raise UserError(f"--id {tok}: malformed, expected KEY=VALUE (e.g. visit=1..3)")
         if key in spec.terms:

@@ -31,6 +31,7 @@ class IngestReport:
     added: list[dict] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # companions, non-images
+    errors: list[str] = field(default_factory=list)  # one line per file that failed
 
 
 def ccd_hdus(hdul, instrument: Instrument) -> list[int]:
@@ -206,12 +207,10 @@ def ingest_files(repo: Repository, files, instrument: Instrument, mode: str = "l
     if not paths:
         raise UserError("no input files given (or the directories hold no FITS files)")
     report = IngestReport()
-    report.errors = []
     for p in tqdm(paths, desc="ingest", unit="file", disable=None if progress else True,
                   leave=False):
         try:
             ingest_file(repo, p, instrument, mode, report)
         except UserError as exc:
             report.errors.append(str(exc))
-            log.error("%s", exc)
     return report

@@ -1,12 +1,13 @@
 """``ingestImages.py ROOT FILES... [--mode link|copy|move|register] [--instrument NAME]``."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..cli.parser import _Parser
 from ..cli.task import simple_main
+from ..errors import UserError
 from .ingest import MODES, ingest_files
 from .instrument import load_instrument
 from .repository import Repository
@@ -26,9 +27,16 @@ def _body(argv) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     instrument = load_instrument(args.instrument)
+    missing = [f for f in args.files if not Path(f).exists()]
+    if len(missing) == len(args.files):
+        raise UserError(f"{missing[0]}: no such file; check the path")
     repo = Repository(args.root, registry_url=args.registry, create=True)
     report = ingest_files(repo, args.files, instrument, args.mode,
                           progress=not args.no_progress)
+    if len(report.errors) == 1 and not report.added and not report.already:
+        raise UserError(report.errors[0])
+    for err in report.errors:
+        log.error("%s", err)
     for s in report.skipped:
         log.debug("skipped %s", s)
     if report.skipped:
