@@ -2,4 +2,5 @@
 """Apply jointcal/mosaic (or header) calibrations to CCDs (see tractpatch.calibrate.tasks)."""
 from tractpatch.calibrate.tasks import main_exposure
 
-main_exposure()
+if __name__ == "__main__":  # -j starts spawned workers that import this file
+    main_exposure()
