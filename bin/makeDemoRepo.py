@@ -1,0 +1,5 @@
+#!/usr/bin/env python3
+"""Simulate an HSC-like survey with known truth and ingest it (see tractpatch.sim)."""
+from tractpatch.sim.cli import main
+
+main()
