@@ -73,6 +73,7 @@ class Camera:
     pixel_scale: float       # arcsec / pixel
     k1: float                # distortion (deg^-2)
     fp_radius: float         # focal-plane radius (pixels): the farthest CCD corner
+    bad_columns: list = None  # per CCD: list of [x, y_start, kind] (kind hot|dead)
 
     def index(self, ccd: int) -> int:
         """Array index of CCD id ``ccd``."""
@@ -189,9 +190,24 @@ def tan_wcs(camera: Camera, ccd: int, ra0: float, dec0: float, phi_deg: float) -
     return w
 
 
+def draw_bad_columns(n, nx, ny, fraction, rng) -> list:
+    """Per CCD, 1–2 bad columns on a ``fraction`` of the CCDs: ``[x, y_start, kind]``
+    (from ``y_start`` to the top; ``hot`` adds 3000 ADU, ``dead`` keeps 20 %)."""
+    out = []
+    for _ in range(n):
+        cols = []
+        if rng.uniform() < fraction:
+            for _ in range(int(rng.integers(1, 3))):
+                start = 0 if rng.uniform() < 0.5 else int(rng.integers(0, ny // 2))
+                cols.append([int(rng.integers(5, nx - 5)), start,
+                             "hot" if rng.uniform() < 0.5 else "dead"])
+        out.append(cols)
+    return out
+
+
 def make_camera(n_ccds, nx, ny, gap_x, gap_y, pixel_scale, rotation_rms_deg, qe_scatter,
                 placement_error_px, distortion_arcsec, distortion_radius_deg,
-                rng: np.random.Generator) -> Camera:
+                rng: np.random.Generator, bad_column_fraction: float = 0.0) -> Camera:
     """Draw a camera: layout, small true CCD rotations, QE factors and header errors."""
     centres = layout_centres(n_ccds, nx, ny, gap_x, gap_y)
     n = len(centres)
@@ -207,4 +223,5 @@ def make_camera(n_ccds, nx, ny, gap_x, gap_y, pixel_scale, rotation_rms_deg, qe_
     return Camera(ccd=np.arange(n), nx=int(nx), ny=int(ny), fx0=centres[:, 0].copy(),
                   fy0=centres[:, 1].copy(), theta=theta, qe=qe, hdr_dfx=dfx, hdr_dfy=dfy,
                   hdr_dtheta=dth, pixel_scale=float(pixel_scale), k1=float(k1),
-                  fp_radius=float(far))
+                  fp_radius=float(far),
+                  bad_columns=draw_bad_columns(n, nx, ny, bad_column_fraction, rng))

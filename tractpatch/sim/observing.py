@@ -82,7 +82,7 @@ def build_truth(config: SimConfig, seed: int, preset: str = "",
                              config.pixel_scale, config.ccd_rotation_rms_deg,
                              config.qe_scatter, config.ccd_placement_error_px,
                              config.distortion_arcsec, config.distortion_radius_deg,
-                             seeded(seed, 1))
+                             seeded(seed, 1), config.bad_column_fraction)
     visits = make_visits(config, camera, seed, n_fields, vpf)
     filters = {f: dict(zero_point=config.zero_point[f],
                        calib0=calib0_for_zero_point(config.zero_point[f]))

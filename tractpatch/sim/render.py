@@ -5,7 +5,7 @@ Image model (counts = ADU), in this order:
 1. stars: a Moffat profile (``beta`` from the truth, FWHM varying over the focal plane)
    sampled at pixel centres, normalised to sum to the star's counts within its stamp;
 2. galaxies: Sérsic n=1 (exponential) or n=4 (de Vaucouleurs) ellipses, 3×3
-   sub-sampled, truncated at 8 r_e (6 for n=1) and normalised, then convolved with the
+   sub-sampled within 4 pixels of the centre, truncated at 8 r_e (6 for n=1) and normalised, then convolved with the
    CCD-centre PSF (one FFT for the CCD);
 3. object counts = true flux (nJy) / true calibration at the object's position;
 4. sky: ``sky_level (1 + g (fx cos a + fy sin a) / R)`` (flat-fielded: no QE or
@@ -13,7 +13,8 @@ Image model (counts = ADU), in this order:
 5. Poisson noise in electrons (gain) and Gaussian read noise;
 6. saturation: charge above the saturation level bleeds up and down the column
    (flux-conserving), those pixels are set to the level and masked SAT;
-7. cosmic rays (masked CR) and bad columns (masked BAD);
+7. cosmic rays (masked CR, added before the saturation step) and the CCD's bad
+   columns (masked BAD; ``hot`` +3000 ADU, ``dead`` x0.2);
 8. variance = noiseless model / gain + (read noise / gain)^2.
 """
 from __future__ import annotations
@@ -82,15 +83,19 @@ def _add_sersic(image, xs, ys, counts, m11, m12, m21, m22, q, re_px, nser, radii
         for a in range(h):
             for c in range(h):
                 v = 0.0
-                for sa in range(sub):
-                    for sc in range(sub):
-                        dy = iy0 - ri + a - y0 + (sa + 0.5) / sub - 0.5
-                        dx = ix0 - ri + c - x0 + (sc + 0.5) / sub - 0.5
+                # the cusp needs sub-sampling only near the centre
+                dyc = iy0 - ri + a - y0
+                dxc = ix0 - ri + c - x0
+                ns = sub if dxc * dxc + dyc * dyc < 16.0 else 1
+                for sa in range(ns):
+                    for sc in range(ns):
+                        dy = dyc + (sa + 0.5) / ns - 0.5
+                        dx = dxc + (sc + 0.5) / ns - 0.5
                         u = m11[k] * dx + m12[k] * dy
                         w = (m21[k] * dx + m22[k] * dy) / q[k]
                         rr = np.sqrt(u * u + w * w)
                         if rr <= r:
-                            v += np.exp(-b * ((rr / re_px[k]) ** inv_n - 1.0))
+                            v += np.exp(-b * ((rr / re_px[k]) ** inv_n - 1.0)) / (ns * ns)
                 stamp[a, c] = v
                 total += v
         if total <= 0:
@@ -253,17 +258,6 @@ def add_cosmic_rays(image, mask_cr, rng, rate_per_mpx):
     mask_cr[py[ok], px[ok]] = True
 
 
-def bad_columns(shape, rng, fraction):
-    """Columns (x, y_start) of 1–2 bad columns on a ``fraction`` of CCDs."""
-    ny, nx = shape
-    if rng.uniform() >= fraction:
-        return []
-    n = int(rng.integers(1, 3))
-    xs = rng.integers(5, nx - 5, n)
-    starts = np.where(rng.uniform(0, 1, n) < 0.5, 0, rng.integers(0, ny // 2, n))
-    return [(int(x), int(s)) for x, s in zip(xs, starts)]
-
-
 def render_ccd(truth, visit, ccd, config, seed, header=None) -> Exposure:
     """The simulated exposure of ``(visit, ccd)``, deterministic for ``seed``."""
     from ..image import ExposureInfo, PhotoCalib
@@ -283,10 +277,9 @@ def render_ccd(truth, visit, ccd, config, seed, header=None) -> Exposure:
     _bleed(image, float(sat), satm)
     mask[cr] |= mp.bitmask("CR")
     mask[satm] |= mp.bitmask("SAT")
-    for x, start in bad_columns(model.shape, rng, config.bad_column_fraction):
-        hot = rng.uniform() < 0.5
+    for x, start, kind in truth.camera.bad_columns[truth.camera.index(ccd)]:
         col = image[start:, x]
-        image[start:, x] = col + 3000.0 if hot else 0.2 * col
+        image[start:, x] = col + 3000.0 if kind == "hot" else 0.2 * col
         mask[start:, x] |= mp.bitmask("BAD")
     variance = np.maximum(model, 0) / gain + (rn / gain) ** 2
     ny, nx = model.shape

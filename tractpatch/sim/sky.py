@@ -152,6 +152,8 @@ def make_refcat(objects: Table, mag_limit: float, rng) -> Table:
     out["dec_err"] = pos_err
     out["pmra"] = np.asarray(stars["pmra"]) + rng.normal(0, pm_err)
     out["pmdec"] = np.asarray(stars["pmdec"]) + rng.normal(0, pm_err)
+    out["pmra_err"] = pm_err
+    out["pmdec_err"] = pm_err
     out["epoch"] = np.full(n, REF_EPOCH)
     for b in PS1_BANDS:
         m = np.asarray(stars[b], float)
@@ -159,7 +161,8 @@ def make_refcat(objects: Table, mag_limit: float, rng) -> Table:
         out[b] = m + rng.normal(0, err)
         out[f"{b}_err"] = err
     for k, u in {"ra": "deg", "dec": "deg", "ra_err": "mas", "dec_err": "mas",
-                 "pmra": "mas / yr", "pmdec": "mas / yr", "epoch": "yr"}.items():
+                 "pmra": "mas / yr", "pmdec": "mas / yr", "pmra_err": "mas / yr",
+                 "pmdec_err": "mas / yr", "epoch": "yr"}.items():
         out[k].unit = u
     for b in PS1_BANDS:
         out[b].unit = "mag"

@@ -100,7 +100,10 @@ def ingest_refcat(root: Path, path: Path) -> int:
         ra_name="ra", dec_name="dec", ra_err_name="ra_err", dec_err_name="dec_err",
         coord_err_unit="mas", mag_column_list=["g", "r", "i", "z", "y"],
         mag_err_column_map={b: f"{b}_err" for b in "grizy"}, pm_ra_name="pmra",
-        pm_dec_name="pmdec", epoch_name="epoch", epoch_format="jyear")
+        pm_dec_name="pmdec", pm_ra_err_name="pmra_err", pm_dec_err_name="pmdec_err",
+        epoch_name="epoch", epoch_format="jyear",
+        # PS1-like photometry: the instrument's PS1 colour terms apply
+        photometric_system="ps1")
     return int(ingest_catalog(root, [path], REFCAT_NAME, cfg))
 
 

@@ -191,7 +191,8 @@ class SimTruth:
                      fy0=float(c.fy0[i]), theta_deg=float(np.degrees(c.theta[i])),
                      qe=float(c.qe[i]), hdr_dfx=float(c.hdr_dfx[i]),
                      hdr_dfy=float(c.hdr_dfy[i]),
-                     hdr_dtheta_deg=float(np.degrees(c.hdr_dtheta[i])))
+                     hdr_dtheta_deg=float(np.degrees(c.hdr_dtheta[i])),
+                     bad_columns=[list(b) for b in (c.bad_columns or [[]] * len(c.ccd))[i]])
                 for i in range(len(c.ccd))]
         return dict(
             format_version=FORMAT_VERSION, seed=int(self.seed), preset=self.preset,
@@ -220,7 +221,8 @@ class SimTruth:
             theta=np.radians(arr("theta_deg")), qe=arr("qe"), hdr_dfx=arr("hdr_dfx"),
             hdr_dfy=arr("hdr_dfy"), hdr_dtheta=np.radians(arr("hdr_dtheta_deg")),
             pixel_scale=float(cd["pixel_scale_arcsec"]),
-            k1=float(cd["distortion_k1_per_deg2"]), fp_radius=float(cd["fp_radius_px"]))
+            k1=float(cd["distortion_k1_per_deg2"]), fp_radius=float(cd["fp_radius_px"]),
+            bad_columns=[c.get("bad_columns", []) for c in cd["ccds"]])
         return cls(camera=camera, filters=d["filters"], illumination=d["illumination"],
                    psf=d["psf"], visit_info={int(v["visit"]): v for v in d["visits"]},
                    objects=objects, detector=d.get("detector", {}),
