@@ -1,0 +1,149 @@
+"""Accuracy of a rerun against the simulator's truth (``ROOT/sim/truth``).
+
+- calibrations: the fitted WCS of every CCD against the true pixel→sky map, on a grid
+  over the CCD (RMS in mas), and the fitted flux calibration against the true one
+  (RMS of 2.5 log10(fit/true) in mmag);
+- coadds: true stars measured in the coadds: centroid offsets (mas) and flux ratios at
+  the coadd zero point.
+
+Each entry is ``{"value", "target", "unit", "ok"}`` so the report can show it.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..image.photocalib import AB_FLUX_NJY, PhotoCalib
+from ..image.wcs_io import read_wcs
+
+#: AB magnitude of 1 nJy.
+AB_MAG_1NJY = 2.5 * np.log10(AB_FLUX_NJY)
+
+_NAME = re.compile(r"-(\d+)-(\d+)\.fits$")
+
+
+def _grid(nx, ny, n=9):
+    x, y = np.meshgrid(np.linspace(0, nx - 1, n), np.linspace(0, ny - 1, 2 * n - 1))
+    return x.ravel(), y.ravel()
+
+
+def _entry(value, target, unit, smaller_is_better=True):
+    ok = None if target is None else bool(value <= target if smaller_is_better
+                                          else value >= target)
+    return {"value": float(value), "target": target, "unit": unit, "ok": ok}
+
+
+def score_calibrations(results_dir, truth, prefix: str = "jointcal") -> dict:
+    """Score the ``<prefix>_wcs-*`` and ``<prefix>_photoCalib-*`` files of one tract.
+
+    Returns a dict with the overall entries and ``per_ccd`` rows (visit, ccd, mas, mmag).
+    """
+    results_dir = Path(results_dir)
+    seps, dmags, per_ccd = [], [], []
+    for wfile in sorted(results_dir.glob(f"{prefix}_wcs-*.fits")):
+        m = _NAME.search(wfile.name)
+        visit, ccd = int(m.group(1)), int(m.group(2))
+        ny, nx = truth.ccd_shape(ccd)
+        x, y = _grid(nx, ny)
+        wcs = read_wcs(fits.getheader(wfile), source=str(wfile))
+        ra_f, dec_f = wcs.all_pix2world(x, y, 0)
+        ra_t, dec_t = truth.pixel_to_sky(visit, ccd, x, y)
+        dra = (np.mod(ra_f - ra_t + 180, 360) - 180) * np.cos(np.radians(dec_t))
+        sep = np.hypot(dra, dec_f - dec_t) * 3.6e6
+        seps.append(sep)
+        row = {"visit": visit, "ccd": ccd, "wcs_rms_mas": float(np.sqrt(np.mean(sep ** 2)))}
+        pfile = results_dir / wfile.name.replace(f"{prefix}_wcs", f"{prefix}_photoCalib")
+        if pfile.exists():
+            fit = PhotoCalib.read(pfile).evaluate(x, y)
+            dm = 2.5 * np.log10(fit / truth.calibration(visit, ccd, x, y)) * 1000
+            dmags.append(dm)
+            row["calib_rms_mmag"] = float(np.sqrt(np.mean(dm ** 2)))
+        per_ccd.append(row)
+    out: dict = {"per_ccd": per_ccd}
+    if seps:
+        s = np.concatenate(seps)
+        out[f"{prefix} WCS vs true mapping (RMS over all CCDs)"] = _entry(
+            np.sqrt(np.mean(s ** 2)), 5.0, "mas")
+        out[f"{prefix} WCS worst CCD (RMS)"] = _entry(
+            max(r["wcs_rms_mas"] for r in per_ccd), None, "mas")
+    if dmags:
+        d = np.concatenate(dmags)
+        out[f"{prefix} flux calibration vs truth (RMS)"] = _entry(
+            np.sqrt(np.mean(d ** 2)), 3.0, "mmag")
+        out[f"{prefix} flux calibration mean offset"] = _entry(np.mean(d), None, "mmag")
+    return out
+
+
+def score_coadd(path, truth, filter_name: str, zero_point: float | None = None,
+                min_snr: float = 100.0, bright_limit: float = 18.0) -> dict:
+    """Measure the true stars in one coadd patch: centroid offsets and flux ratios.
+
+    Stars are placed with the patch WCS at the mean epoch of the filter's visits and
+    measured with sep (windowed centroid, aperture of 4 PSF FWHM with a local annulus).
+    """
+    import sep
+
+    with fits.open(path) as h:
+        img = np.asarray(h["IMAGE"].data, dtype=np.float64)
+        var = np.asarray(h["VARIANCE"].data, dtype=np.float64)
+        hdr = h["IMAGE"].header
+        zp = zero_point if zero_point is not None else float(
+            h[0].header.get("MAGZERO", hdr.get("MAGZERO", 27.0)))
+    wcs = read_wcs(hdr, source=str(path))
+    visits = [v for v in truth.visits if truth.visit(v)["filter"] == filter_name]
+    epoch = float(np.mean([truth.visit(v)["epoch"] for v in visits]))
+    ra, dec = truth.object_positions(epoch=epoch)
+    stars = np.asarray(truth.objects["type"]) == "star"
+    x, y = wcs.all_world2pix(ra[stars], dec[stars], 0)
+    flux_true = np.asarray(truth.objects[f"flux_{filter_name}"], float)[stars]
+    fwhm_pix = np.mean([truth.visit(v)["fwhm"] for v in visits]) / (
+        abs(wcs.proj_plane_pixel_scales()[0].to_value("deg")) * 3600)
+    r_ap = 4.0 * fwhm_pix
+    ny, nx = img.shape
+    inside = (x > r_ap + 10) & (x < nx - r_ap - 10) & (y > r_ap + 10) & (y < ny - r_ap - 10)
+    x, y, flux_true = x[inside], y[inside], flux_true[inside]
+    good = np.isfinite(img) & np.isfinite(var) & (var > 0)
+    img = np.where(good, img, 0.0)
+    var = np.where(good, var, 0.0)
+    if len(x) == 0:
+        return {}
+    scale = 10 ** (-0.4 * (zp - AB_MAG_1NJY))  # nJy per coadd count
+    flux, ferr, _ = sep.sum_circle(np.ascontiguousarray(img), x, y, r_ap,
+                                   var=np.ascontiguousarray(var), bkgann=(r_ap + 4, r_ap + 12))
+    snr = flux / np.maximum(ferr, 1e-30)
+    mag_true = AB_MAG_1NJY - 2.5 * np.log10(flux_true)
+    sel = (snr > min_snr) & (mag_true > bright_limit)  # brighter ones saturate
+    if sel.sum() < 3:
+        return {}
+    xw, yw, _ = sep.winpos(np.ascontiguousarray(img), x[sel], y[sel], fwhm_pix / 2.3548)
+    pix_mas = abs(wcs.proj_plane_pixel_scales()[0].to_value("deg")) * 3.6e6
+    off = np.hypot(xw - x[sel], yw - y[sel]) * pix_mas
+    ratio = flux[sel] * scale / flux_true[sel]
+    return {"n_stars": int(sel.sum()), "offset_median_mas": float(np.median(off)),
+            "flux_ratio_median": float(np.median(ratio)),
+            "flux_ratio_scatter": float(1.4826 * np.median(np.abs(ratio - np.median(ratio))))}
+
+
+def score_coadds(coadds: list[dict], truth, target_flux=0.005, target_offset_mas=5.0) -> dict:
+    """Combine :func:`score_coadd` over patches (``coadds`` from report_contents)."""
+    per = []
+    for c in coadds:
+        s = score_coadd(c["path"], truth, c["filter"])
+        if s:
+            per.append(dict(s, filter=c["filter"], patch=c["patch"]))
+    if not per:
+        return {}
+    n = np.array([p["n_stars"] for p in per], float)
+    flux = float(np.average([p["flux_ratio_median"] for p in per], weights=n))
+    off = float(np.average([p["offset_median_mas"] for p in per], weights=n))
+    return {
+        "coadd star flux / true flux − 1 (median)": _entry(abs(flux - 1), target_flux, ""),
+        "coadd star centroid offset from truth (median)": _entry(off, target_offset_mas,
+                                                                 "mas"),
+        "coadd stars measured": {"value": int(n.sum()), "target": None, "unit": "",
+                                 "ok": None},
+        "per_patch": per,
+    }
