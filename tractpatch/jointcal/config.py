@@ -1,0 +1,56 @@
+"""Configuration of jointcal.py (names follow LSST's jointcal where one exists)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from ..cli.config import TaskConfig
+
+
+class JointcalConfig(TaskConfig):
+    """Settings of the joint astrometric + photometric fit."""
+
+    astrometryRefCat: Optional[str] = Field(None, description="reference catalog for "
+                                            "astrometry (ref_cats/<name>); default: the only one")
+    photometryRefCat: Optional[str] = Field(None, description="reference catalog for "
+                                            "photometry; default: astrometryRefCat")
+    doAstrometry: bool = Field(True, description="fit and write the WCSs")
+    doPhotometry: bool = Field(True, description="fit and write the photoCalibs")
+    astrometryModel: Literal["simple", "constrained"] = Field(
+        "constrained", description="simple: polynomial per CCD per visit; constrained: "
+        "per-CCD affine shared by visits ∘ per-visit focal-plane polynomial")
+    astrometrySimpleOrder: int = Field(3, ge=1, le=9, description="order of the simple model")
+    astrometryVisitOrder: int = Field(5, ge=1, le=9, description="order of the per-visit "
+                                      "focal-plane polynomial (constrained)")
+    photometryModel: Literal["simple", "constrained"] = Field(
+        "constrained", description="simple: constant per CCD per visit; constrained: "
+        "per-CCD constant × per-visit focal-plane Chebyshev")
+    photometryVisitOrder: int = Field(2, ge=0, le=7, description="order of the per-visit "
+                                      "Chebyshev (constrained)")
+    minSnr: float = Field(10.0, description="minimum PSF S/N of a fitted source")
+    requireStar: bool = Field(True, description="use only is_star sources")
+    matchRadius: float = Field(1.0, gt=0, description="cross-visit association radius (arcsec)")
+    refMatchRadius: float = Field(1.0, gt=0, description="reference match radius (arcsec)")
+    minMeasurementsPerCcd: int = Field(20, ge=1, description="CCDs with fewer associated "
+                                       "measurements are dropped")
+    initialOffsetMax: float = Field(15.0, gt=0, description="largest header pointing "
+                                    "error searched (arcsec)")
+    initialRotationMax: float = Field(0.15, ge=0, description="largest header rotation "
+                                      "error searched (deg)")
+    initialRotationStep: float = Field(0.02, gt=0, description="rotation grid step (deg)")
+    astrometrySysError: float = Field(1.0, ge=0, description="systematic error added in "
+                                      "quadrature to centroid errors (mas)")
+    photometryErrorPedestal: float = Field(0.002, ge=0, description="fractional flux error "
+                                           "added in quadrature")
+    outlierRejectSigma: float = Field(5.0, gt=0, description="measurement rejection "
+                                      "threshold (sigma)")
+    maxOutlierRounds: int = Field(5, ge=0, description="rounds of outlier rejection")
+    maxIterations: int = Field(20, ge=1, description="Gauss-Newton iterations per fit")
+    convergenceTolerance: float = Field(1e-4, gt=0, description="relative chi2 change "
+                                        "that ends a fit")
+    denseLimit: int = Field(8000, ge=1, description="above this many free model "
+                            "parameters the full sparse system is solved with splu")
+    wcsTolerance: float = Field(1.0, gt=0, description="max deviation (mas) of the "
+                                "written TAN-SIP WCS from the fitted mapping")
+    sipOrderMax: int = Field(9, ge=2, le=9, description="highest SIP order tried")

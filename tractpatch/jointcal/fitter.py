@@ -1,0 +1,251 @@
+"""Sparse Gauss–Newton least squares with star parameters eliminated (Schur complement).
+
+Every residual row depends on a few model parameters (a dense short list per row: the
+polynomial coefficients of its visit/CCD) and on at most one star parameter (a fitted
+star's coordinate or flux). The normal equations
+
+    [H_tt  H_ts] [dt]   [-g_t]
+    [H_st  D   ] [ds] = [-g_s],   D diagonal,
+
+are reduced to the model block ``S = H_tt - H_ts D^-1 H_st`` — the ordering a sparse
+Cholesky (CHOLMOD, as LSST's jointcal uses) would choose — so the solve costs one
+Cholesky factorisation of the model-parameter block whatever the number of stars.
+``H_tt`` is accumulated by a numba kernel from the per-row parameter lists, ``H_ts D^-1
+H_st`` by dense BLAS products over chunks of stars; above ``dense_limit`` free model
+parameters the full system goes to scipy's sparse LU (``splu``) instead.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from numba import njit
+
+from ..errors import DataQualityError
+
+log = logging.getLogger("jointcal")
+
+
+@dataclass
+class Rows:
+    """Weighted residual rows of a least-squares problem.
+
+    ``idx`` (n, m) model-parameter columns of each row (-1: unused slot), ``val`` (n, m)
+    their derivatives; ``star`` the star-parameter column (-1: none) with derivative
+    ``star_val``; ``r`` the weighted residuals (model - data) / sigma.
+    """
+
+    idx: np.ndarray
+    val: np.ndarray
+    star: np.ndarray
+    star_val: np.ndarray
+    r: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list["Rows"]) -> "Rows":
+        m = max(p.idx.shape[1] for p in parts)
+
+        def pad(a, fill):
+            if a.shape[1] == m:
+                return a
+            out = np.full((a.shape[0], m), fill, a.dtype)
+            out[:, :a.shape[1]] = a
+            return out
+
+        return cls(np.concatenate([pad(p.idx, -1) for p in parts]),
+                   np.concatenate([pad(p.val, 0.0) for p in parts]),
+                   np.concatenate([p.star for p in parts]),
+                   np.concatenate([p.star_val for p in parts]),
+                   np.concatenate([p.r for p in parts]))
+
+
+@njit(cache=True)
+def _accumulate_tt(idx, val, r, H, g):
+    n, m = idx.shape
+    for i in range(n):
+        for a in range(m):
+            ia = idx[i, a]
+            if ia < 0:
+                continue
+            va = val[i, a]
+            g[ia] += va * r[i]
+            for b in range(m):
+                ib = idx[i, b]
+                if ib >= 0:
+                    H[ia, ib] += va * val[i, b]
+
+
+@njit(cache=True)
+def _fill_ts(order, starts, idx, val, star_val, scale, k0, k1, M):
+    m = idx.shape[1]
+    for k in range(k0, k1):
+        for p in range(starts[k], starts[k + 1]):
+            i = order[p]
+            w = star_val[i] * scale[k]
+            for a in range(m):
+                ia = idx[i, a]
+                if ia >= 0:
+                    M[ia, k - k0] += val[i, a] * w
+
+
+class SingularSystemError(DataQualityError):
+    """The normal matrix is singular: an unconstrained parameter or degeneracy."""
+
+
+def solve_step(rows: Rows, free_map: np.ndarray, n_free: int, n_star: int,
+               dense_limit: int = 8000, chunk: int = 2048):
+    """One Gauss–Newton step ``(d_theta_free, d_star)`` minimising ``|r + J d|^2``.
+
+    Parameters
+    ----------
+    rows : Rows
+        Rows at the current parameters.
+    free_map : ndarray of int
+        Model parameter index -> free index, -1 for fixed parameters.
+    n_free, n_star : int
+        Number of free model parameters and of star parameters (0 when stars are fixed).
+    """
+    idx = np.where(rows.idx >= 0, free_map[np.maximum(rows.idx, 0)], -1)
+    star = rows.star if n_star else np.full(len(rows.r), -1)
+    has_star = star >= 0
+    d = np.bincount(star[has_star], rows.star_val[has_star] ** 2, minlength=n_star)
+    gs = np.bincount(star[has_star], rows.star_val[has_star] * rows.r[has_star],
+                     minlength=n_star)
+    unconstrained = d <= 0
+    d = np.where(unconstrained, 1.0, d)
+    if n_free == 0:
+        return np.zeros(0), -gs / d
+    if n_free > dense_limit:
+        return _solve_sparse(rows, idx, star, n_free, n_star)
+    H = np.zeros((n_free, n_free))
+    g = np.zeros(n_free)
+    _accumulate_tt(idx, rows.val, rows.r, H, g)
+    if n_star:
+        sel = np.nonzero(has_star)[0]
+        order = sel[np.argsort(star[sel], kind="stable")]
+        starts = np.searchsorted(star[order], np.arange(n_star + 1))
+        scale = 1.0 / np.sqrt(d)
+        gs_scaled = gs * scale
+        for k0 in range(0, n_star, chunk):
+            k1 = min(n_star, k0 + chunk)
+            M = np.zeros((n_free, k1 - k0))
+            _fill_ts(order, starts, idx, rows.val, rows.star_val, scale, k0, k1, M)
+            H -= M @ M.T  # BLAS: the Schur complement of this chunk of stars
+            g -= M @ gs_scaled[k0:k1]
+    dt = _cholesky_solve(H, -g)
+    ds = np.zeros(n_star)
+    if n_star:
+        t = np.where(idx >= 0, rows.val * dt[np.maximum(idx, 0)], 0.0).sum(axis=1)
+        hsd = np.bincount(star[has_star], rows.star_val[has_star] * t[has_star],
+                          minlength=n_star)
+        ds = (-gs - hsd) / d
+        ds[unconstrained] = 0.0
+    return dt, ds
+
+
+def _cholesky_solve(H, b):
+    diag = np.diag(H).copy()
+    if np.any(diag <= 0) or not np.all(np.isfinite(H)):
+        bad = np.nonzero(~(diag > 0))[0]
+        raise SingularSystemError(
+            f"singular normal matrix: {len(bad)} model parameters are not constrained by "
+            "any measurement (e.g. a CCD or visit without stars); lower the model order "
+            "or drop those data")
+    s = 1.0 / np.sqrt(diag)  # Jacobi scaling: parameters of very different units
+    Hs = H * s[:, None] * s[None, :]
+    try:
+        cf = scipy.linalg.cho_factor(Hs, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        raise SingularSystemError(
+            "singular normal matrix (the model has a degeneracy the data do not fix, "
+            "e.g. too few stars for the polynomial order); lower the model order or "
+            "select more stars") from None
+    return scipy.linalg.cho_solve(cf, b * s, check_finite=False) * s
+
+
+def _solve_sparse(rows, idx, star, n_free, n_star):
+    """Full sparse normal equations, solved by scipy's SuperLU (large model blocks)."""
+    n, m = idx.shape
+    ok = idx >= 0
+    ri = np.repeat(np.arange(n), m).reshape(n, m)[ok]
+    rr = np.concatenate([ri, np.nonzero(star >= 0)[0]])
+    cc = np.concatenate([idx[ok], n_free + star[star >= 0]])
+    vv = np.concatenate([rows.val[ok], rows.star_val[star >= 0]])
+    J = sp.csr_matrix((vv, (rr, cc)), shape=(n, n_free + n_star))
+    H = (J.T @ J).tocsc()
+    g = J.T @ rows.r
+    diag = H.diagonal()
+    if np.any(diag <= 0):
+        raise SingularSystemError("singular normal matrix: some parameters are not "
+                                  "constrained by any measurement")
+    s = sp.diags(1.0 / np.sqrt(diag))
+    try:
+        lu = spla.splu((s @ H @ s).tocsc(), permc_spec="MMD_AT_PLUS_A")
+    except RuntimeError as exc:
+        raise SingularSystemError(f"singular normal matrix ({exc}); lower the model "
+                                  "order or select more stars") from None
+    x = s @ lu.solve(s @ (-g))
+    return x[:n_free], x[n_free:]
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`gauss_newton`."""
+
+    chi2: float
+    ndof: int
+    n_iter: int
+    converged: bool
+
+
+def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: int = 20,
+                 tol: float = 1e-4, dense_limit: int = 8000) -> FitResult:
+    """Minimise ``problem``'s chi^2 over the free parameters (in place).
+
+    ``problem.rows(theta, stars)`` returns :class:`Rows`; ``problem.n_star`` the number of
+    star parameters. A step that raises chi^2 is halved up to 6 times; if it still does
+    not decrease the fit is declared diverged (:class:`DataQualityError`).
+    """
+    free_theta = np.asarray(free_theta, bool)
+    free_map = np.full(len(theta), -1, np.int64)
+    free_map[free_theta] = np.arange(free_theta.sum())
+    n_free = int(free_theta.sum())
+    n_star = problem.n_star if fit_stars else 0
+    rows = problem.rows(theta, stars)
+    chi2 = float(rows.r @ rows.r)
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        dt, ds = solve_step(rows, free_map, n_free, n_star, dense_limit)
+        step = 1.0
+        for _ in range(7):
+            t_new = theta.copy()
+            t_new[free_theta] += step * dt
+            s_new = stars + step * ds if n_star else stars
+            new_rows = problem.rows(t_new, s_new)
+            new_chi2 = float(new_rows.r @ new_rows.r)
+            if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
+                break
+            step *= 0.5
+        else:
+            if chi2 - new_chi2 > -1e-9 * chi2 or abs(new_chi2 - chi2) <= tol * chi2:
+                converged = True
+                break
+            raise DataQualityError(
+                f"fit diverged: chi2 {chi2:.6g} rises to {new_chi2:.6g} along the "
+                "Gauss-Newton step; check the input WCSs and the model order")
+        theta[:] = t_new
+        if n_star:
+            stars[:] = s_new
+        rows = new_rows
+        rel = (chi2 - new_chi2) / max(new_chi2, 1e-300)
+        chi2 = new_chi2
+        if rel < tol:
+            converged = True
+            break
+    ndof = len(rows.r) - n_free - n_star
+    return FitResult(chi2, int(ndof), it, converged)

@@ -1,0 +1,118 @@
+"""The two least-squares problems jointcal solves, as residual rows for :mod:`.fitter`.
+
+Astrometry: for each kept measurement, model(x, y) - (star + pm * dt) in xi and eta,
+divided by the measurement error; for each reference-matched star, star - reference.
+Photometry: flux * calib(x, y) - star flux over its error; star flux - reference flux.
+Star parameters: astrometry ``[xi_0..xi_K-1, eta_0..eta_K-1]`` (arcsec), photometry
+``F_0..F_K-1`` (nJy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fitter import Rows
+
+
+@dataclass
+class Measurements:
+    """Associated detections as arrays (one row per measurement)."""
+
+    img: np.ndarray      # index into the kept images
+    u: np.ndarray        # normalised CCD coordinates
+    v: np.ndarray
+    star: np.ndarray     # fitted-star index
+    dt: np.ndarray       # years from the reference epoch
+    sigma: np.ndarray    # astrometric error per coordinate (arcsec)
+    flux: np.ndarray     # counts
+    flux_err: np.ndarray
+
+
+class AstrometryProblem:
+    """Residual rows of the astrometric fit (see the module docstring)."""
+
+    def __init__(self, model, meas: Measurements, n_stars: int, ref_index, ref_xi, ref_eta,
+                 ref_sigma, pm_xi, pm_eta):
+        self.model, self.meas, self.n_stars = model, meas, n_stars
+        self.n_star = 2 * n_stars
+        self.active = np.ones(len(meas.img), bool)
+        self.ref_star = np.nonzero(ref_index >= 0)[0]
+        r = ref_index[self.ref_star]
+        self.ref_xi, self.ref_eta, self.ref_sigma = ref_xi[r], ref_eta[r], ref_sigma[r]
+        self.pm_xi = np.zeros(n_stars)
+        self.pm_eta = np.zeros(n_stars)
+        self.pm_xi[self.ref_star] = pm_xi[r]
+        self.pm_eta[self.ref_star] = pm_eta[r]
+
+    def residuals(self, theta, stars, active_only=True):
+        """Per-measurement (xi, eta) model minus star, arcsec, and the model derivatives."""
+        m = self.meas
+        sel = np.nonzero(self.active)[0] if active_only else np.arange(len(m.img))
+        xi, eta, ix, dx, ie, de = self.model.derivatives(theta, m.img[sel], m.u[sel],
+                                                         m.v[sel])
+        k = m.star[sel]
+        rx = xi - stars[k] - self.pm_xi[k] * m.dt[sel]
+        ry = eta - stars[self.n_stars + k] - self.pm_eta[k] * m.dt[sel]
+        return sel, rx, ry, (ix, dx, ie, de)
+
+    def rows(self, theta, stars) -> Rows:
+        sel, rx, ry, (ix, dx, ie, de) = self.residuals(theta, stars)
+        w = 1.0 / self.meas.sigma[sel]
+        k = self.meas.star[sel]
+        meas_x = Rows(ix, dx * w[:, None], k, -w, rx * w)
+        meas_y = Rows(ie, de * w[:, None], self.n_stars + k, -w, ry * w)
+        s = self.ref_star
+        wr = 1.0 / self.ref_sigma
+        none = np.full((len(s), 1), -1)
+        zero = np.zeros((len(s), 1))
+        ref_x = Rows(none, zero, s, wr, (stars[s] - self.ref_xi) * wr)
+        ref_y = Rows(none, zero, self.n_stars + s, wr,
+                     (stars[self.n_stars + s] - self.ref_eta) * wr)
+        return Rows.concatenate([meas_x, meas_y, ref_x, ref_y])
+
+    def measurement_chi2(self, theta, stars):
+        """chi^2 (2 dof) of every measurement, rejected ones included."""
+        sel, rx, ry, _ = self.residuals(theta, stars, active_only=False)
+        return (rx ** 2 + ry ** 2) / self.meas.sigma ** 2
+
+
+class PhotometryProblem:
+    """Residual rows of the photometric fit (see the module docstring)."""
+
+    def __init__(self, model, meas: Measurements, n_stars: int, ref_index, ref_flux,
+                 ref_flux_err, pedestal: float):
+        self.model, self.meas, self.n_star = model, meas, n_stars
+        self.active = np.ones(len(meas.img), bool)
+        ok = ref_index >= 0
+        ok[ok] &= np.isfinite(ref_flux[ref_index[ok]]) & (ref_flux_err[ref_index[ok]] > 0)
+        self.ref_star = np.nonzero(ok)[0]
+        self.ref_flux = ref_flux[ref_index[self.ref_star]]
+        self.ref_err = ref_flux_err[ref_index[self.ref_star]]
+        self.pedestal = pedestal
+        self.sigma = None
+
+    def set_sigma(self, theta):
+        """Errors in nJy at the current calibration (fixed during one Gauss-Newton fit)."""
+        m = self.meas
+        calib, _, _ = self.model.derivatives(theta, m.img, m.u, m.v)
+        self.sigma = np.hypot(m.flux_err * calib, self.pedestal * m.flux * calib)
+
+    def rows(self, theta, stars) -> Rows:
+        m = self.meas
+        sel = np.nonzero(self.active)[0]
+        calib, idx, val = self.model.derivatives(theta, m.img[sel], m.u[sel], m.v[sel])
+        w = 1.0 / self.sigma[sel]
+        k = m.star[sel]
+        meas = Rows(idx, val * (m.flux[sel] * w)[:, None], k, -w,
+                    (m.flux[sel] * calib - stars[k]) * w)
+        s = self.ref_star
+        wr = 1.0 / self.ref_err
+        ref = Rows(np.full((len(s), 1), -1), np.zeros((len(s), 1)), s, wr,
+                   (stars[s] - self.ref_flux) * wr)
+        return Rows.concatenate([meas, ref])
+
+    def measurement_chi2(self, theta, stars):
+        m = self.meas
+        calib, _, _ = self.model.derivatives(theta, m.img, m.u, m.v)
+        return ((m.flux * calib - stars[m.star]) / self.sigma) ** 2

@@ -1,0 +1,333 @@
+"""The joint fit on in-memory inputs: start, associate, fit astrometry and photometry.
+
+``fit_jointcal(detections, images, refcat, config)`` is the whole algorithm without any
+file I/O, so tests drive it with synthetic arrays and the task with SRC catalogs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..errors import DataQualityError, UserError
+from .association import associate, match_references
+from .astrometry_models import ConstrainedAstrometryModel, SimpleAstrometryModel
+from .fitter import FitResult, gauss_newton
+from .initial import VisitOffset, find_visit_offset, header_positions
+from .inputs import CcdImage, Detections, RefCatalog
+from .photometry_models import ConstrainedPhotometryModel, SimplePhotometryModel
+from .problems import AstrometryProblem, Measurements, PhotometryProblem
+from .tangent import deproject, mean_direction, project
+
+log = logging.getLogger("jointcal")
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass
+class JointcalResult:
+    """Fitted models and everything the outputs and metrics need."""
+
+    images: list[CcdImage]
+    tangent: tuple[float, float]
+    astro_model: object
+    astro_theta: np.ndarray
+    photo_model: object
+    photo_theta: np.ndarray | None
+    meas: Measurements
+    stars_xy: np.ndarray
+    stars_flux: np.ndarray | None
+    astro_active: np.ndarray
+    photo_active: np.ndarray | None
+    ref_index: np.ndarray
+    refcat: RefCatalog
+    ref_xi: np.ndarray
+    ref_eta: np.ndarray
+    astro_fit: FitResult | None
+    photo_fit: FitResult | None
+    offsets: list[VisitOffset]
+    counts: dict
+    dropped: dict = field(default_factory=dict)
+
+    def image_index(self, visit: int, ccd: int) -> int:
+        for g, im in enumerate(self.images):
+            if im.visit == visit and im.ccd == ccd:
+                return g
+        raise KeyError((visit, ccd))
+
+    def tangent_xy(self, g: int, x, y):
+        """Fitted tangent-plane position (arcsec) of pixels of image ``g``."""
+        im = self.images[g]
+        u, v = normalized(x, y, im.nx, im.ny)
+        return self.astro_model.evaluate(self.astro_theta, g, u, v)
+
+    def pixel_to_sky(self, g: int, x, y):
+        """Fitted (ra, dec) deg of pixels (0-based) of image ``g``."""
+        xi, eta = self.tangent_xy(g, np.asarray(x, float), np.asarray(y, float))
+        return deproject(xi, eta, *self.tangent)
+
+    def calibration(self, g: int, x, y):
+        """Fitted nJy per count at pixels of image ``g``."""
+        im = self.images[g]
+        x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
+        u, v = normalized(x.ravel(), y.ravel(), im.nx, im.ny)
+        c, _, _ = self.photo_model.derivatives(self.photo_theta, np.full(u.size, g), u, v)
+        return c.reshape(x.shape)
+
+
+def normalized(x, y, nx, ny):
+    """CCD pixels -> [-1, 1] coordinates over the CCD (pixel edges at +-1)."""
+    return (np.asarray(x, float) + 0.5 - nx / 2) / (nx / 2), \
+        (np.asarray(y, float) + 0.5 - ny / 2) / (ny / 2)
+
+
+def _grid(nx, ny, n=8):
+    gx, gy = np.meshgrid(np.linspace(-0.5, nx - 0.5, n), np.linspace(-0.5, ny - 0.5, n))
+    return gx.ravel(), gy.ravel()
+
+
+def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
+                 config) -> JointcalResult:
+    """Jointly calibrate ``images`` from their ``det`` against ``refcat``.
+
+    Raises
+    ------
+    UserError
+        No reference stars, nothing left to fit.
+    DataQualityError
+        A singular or diverging fit.
+    """
+    dropped: dict = {}
+    if len(refcat) == 0:
+        raise UserError("no reference stars in the area of the selected CCDs; check the "
+                        "reference catalog (astrometryRefCat) covers the field")
+    key = {(im.visit, im.ccd): g for g, im in enumerate(images)}
+    det_img = np.array([key.get((v, c), -1) for v, c in zip(det.visit.tolist(),
+                                                             det.ccd.tolist())], np.int64) \
+        if len(det) else np.zeros(0, np.int64)
+    # per-image centres -> tangent point of the whole fit
+    cen = np.array([im.wcs.all_pix2world([[im.nx / 2, im.ny / 2]], 0)[0] for im in images])
+    tangent = mean_direction(cen[:, 0], cen[:, 1])
+    xi, eta = header_positions(det, images, det_img, *tangent)
+    t0 = refcat.epoch_mjd
+    ref_xi, ref_eta = project(refcat.ra, refcat.dec, *tangent)
+    pm_xi, pm_eta = refcat.pm_ra / 1000.0, refcat.pm_dec / 1000.0  # arcsec/yr
+    visit_mjd: dict[int, float] = {}
+    for im in images:
+        visit_mjd.setdefault(im.visit, im.mjd)
+
+    # --- robust start: per-visit offset and rotation ------------------------------
+    offsets = []
+    keep_det = det_img >= 0
+    for visit in sorted(visit_mjd):
+        sel = np.nonzero((det.visit == visit) & keep_det)[0]
+        if len(sel) == 0:
+            continue
+        dt = (visit_mjd[visit] - t0) / DAYS_PER_YEAR if np.isfinite(visit_mjd[visit]) else 0
+        rx, ry = ref_xi + pm_xi * dt, ref_eta + pm_eta * dt
+        lo = np.array([xi[sel].min(), eta[sel].min()]) - config.initialOffsetMax * 2
+        hi = np.array([xi[sel].max(), eta[sel].max()]) + config.initialOffsetMax * 2
+        inside = (rx > lo[0]) & (rx < hi[0]) & (ry > lo[1]) & (ry < hi[1])
+        bright = sel[np.argsort(-det.flux[sel])[:3000]]
+        try:
+            off = find_visit_offset(visit, xi[bright], eta[bright], rx[inside], ry[inside],
+                                    config.initialOffsetMax, config.initialRotationMax,
+                                    config.initialRotationStep)
+        except DataQualityError as exc:
+            log.warning("%s", exc)
+            for im in images:
+                if im.visit == visit:
+                    dropped[(im.visit, im.ccd)] = str(exc)
+            keep_det[sel] = False
+            continue
+        log.info("visit %d: header offset %.2f, %.2f arcsec, rotation %.4f deg "
+                 "(%d matches, rms %.3f arcsec)", visit, off.shift_xi, off.shift_eta,
+                 off.rotation_deg, off.n_matched, off.rms_arcsec)
+        xi[sel], eta[sel] = off.apply(xi[sel], eta[sel])
+        offsets.append(off)
+    off_by_visit = {o.visit: o for o in offsets}
+
+    # --- association and reference matching -------------------------------------
+    idx = np.nonzero(keep_det)[0]
+    near_ref = np.isfinite(cKDTree(np.column_stack([ref_xi, ref_eta])).query(
+        np.column_stack([xi[idx], eta[idx]]), distance_upper_bound=config.refMatchRadius)[0])
+    assoc = associate(xi[idx], eta[idx], det.visit[idx], config.matchRadius, 2, near_ref)
+    star = np.full(len(det), -1, np.int64)
+    star[idx] = assoc.star
+    counts = {"collected_refStars": int(len(refcat)),
+              "matched_fittedStars": int(assoc.n_stars)}
+    # drop CCDs with too few measurements
+    n_per_img = np.bincount(det_img[star >= 0], minlength=len(images))
+    for g, im in enumerate(images):
+        if (im.visit, im.ccd) in dropped:
+            continue
+        if n_per_img[g] < config.minMeasurementsPerCcd:
+            reason = (f"visit={im.visit} ccd={im.ccd}: {n_per_img[g]} associated stars, "
+                      f"fewer than minMeasurementsPerCcd={config.minMeasurementsPerCcd}")
+            log.warning("dropped %s", reason)
+            dropped[(im.visit, im.ccd)] = reason
+    kept = [g for g, im in enumerate(images) if (im.visit, im.ccd) not in dropped]
+    if not kept:
+        raise UserError("no CCD has enough associated stars to fit; lower minSnr or "
+                        "minMeasurementsPerCcd, or check the SRC catalogs")
+    new_index = np.full(len(images), -1, np.int64)
+    new_index[kept] = np.arange(len(kept))
+    ok = (star >= 0) & (det_img >= 0)
+    ok[ok] &= new_index[det_img[ok]] >= 0
+    sel = np.nonzero(ok)[0]
+    stars_u, star_of = np.unique(star[sel], return_inverse=True)
+    n_stars = len(stars_u)
+    kimages = [images[g] for g in kept]
+    img = new_index[det_img[sel]]
+
+    # star start positions (mean of corrected header positions) and reference matches
+    cnt = np.bincount(star_of, minlength=n_stars)
+    sx = np.bincount(star_of, xi[sel], n_stars) / cnt
+    sy = np.bincount(star_of, eta[sel], n_stars) / cnt
+    ref_index = match_references(sx, sy, ref_xi, ref_eta, config.refMatchRadius)
+    n_ref = int((ref_index >= 0).sum())
+    counts.update(prepared_refStars=n_ref, prepared_fittedStars=int(n_stars),
+                  prepared_ccdImages=len(kimages), n_measurements=int(len(sel)))
+    if n_ref == 0:
+        raise UserError("no fitted star matches a reference star within refMatchRadius="
+                        f"{config.refMatchRadius} arcsec; check the reference catalog and "
+                        "the header WCSs")
+    log.info("%d measurements of %d fitted stars (%d matched to %d reference stars) on "
+             "%d CCD images", len(sel), n_stars, n_ref, len(refcat), len(kimages))
+
+    # measurements
+    nx = np.array([im.nx for im in kimages])
+    ny = np.array([im.ny for im in kimages])
+    u, v = normalized(det.x[sel], det.y[sel], nx[img], ny[img])
+    scale = np.array([np.sqrt(abs(np.linalg.det(im.wcs.pixel_scale_matrix))) * 3600
+                      for im in kimages])
+    perr = np.sqrt(0.5 * (det.x_err[sel] ** 2 + det.y_err[sel] ** 2)) * scale[img]
+    sigma = np.hypot(perr, config.astrometrySysError / 1000.0)
+    mjd = np.array([im.mjd for im in kimages])
+    dt = np.nan_to_num((mjd[img] - t0) / DAYS_PER_YEAR)
+    meas = Measurements(img, u, v, star_of, dt, sigma, det.flux[sel], det.flux_err[sel])
+
+    # model indices
+    visits = sorted({im.visit for im in kimages})
+    ccds = sorted({im.ccd for im in kimages})
+    vmap = {vv: i for i, vv in enumerate(visits)}
+    cmap = {c: i for i, c in enumerate(ccds)}
+    img_visit = np.array([vmap[im.visit] for im in kimages])
+    img_ccd = np.array([cmap[im.ccd] for im in kimages])
+    # grid of header positions (offset-corrected) to initialise the models
+    gi, gu, gv, gxi, geta = [], [], [], [], []
+    for g, im in enumerate(kimages):
+        x, y = _grid(im.nx, im.ny)
+        ra, dec = im.wcs.all_pix2world(x, y, 0)
+        a, b = project(ra, dec, *tangent)
+        a, b = off_by_visit[im.visit].apply(a, b)
+        uu, vv_ = normalized(x, y, im.nx, im.ny)
+        gi.append(np.full(len(x), g))
+        gu.append(uu)
+        gv.append(vv_)
+        gxi.append(a)
+        geta.append(b)
+    gi, gu, gv, gxi, geta = map(np.concatenate, (gi, gu, gv, gxi, geta))
+    # reference CCD: the one seen in most visits, nearest the focal-plane centre
+    nvis_ccd = np.bincount(img_ccd, minlength=len(ccds))
+    if config.astrometryModel == "constrained":
+        amodel = ConstrainedAstrometryModel(img_visit, img_ccd, len(visits), len(ccds),
+                                            config.astrometryVisitOrder)
+        theta0 = amodel.initialize(gi, gu, gv, gxi, geta)
+        a = theta0[amodel.ccd_base:].reshape(len(ccds), 6)
+        dist = np.hypot(a[:, 0], a[:, 3])
+        ref_ccd = int(np.lexsort((dist, -nvis_ccd))[0])
+        amodel = ConstrainedAstrometryModel(img_visit, img_ccd, len(visits), len(ccds),
+                                            config.astrometryVisitOrder, ref_ccd)
+        theta = amodel.initialize(gi, gu, gv, gxi, geta)
+    else:
+        amodel = SimpleAstrometryModel(img_visit, img_ccd, config.astrometrySimpleOrder)
+        theta = amodel.initialize(gi, gu, gv, gxi, geta)
+        ref_ccd = 0
+    rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
+    rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
+    aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, ref_xi, ref_eta, rsig,
+                              pm_xi, pm_eta)
+    stars = np.concatenate([sx, sy])
+    m = ref_index >= 0
+    stars[:n_stars][m] = ref_xi[ref_index[m]]
+    stars[n_stars:][m] = ref_eta[ref_index[m]]
+    afit = None
+    if config.doAstrometry:
+        afit = _staged_fit(aprob, theta, stars, amodel.fixed, config, "astrometry", 2)
+    # photometry
+    pmodel = ptheta = fluxes = pfit = pactive = None
+    if config.doPhotometry:
+        if config.photometryModel == "constrained":
+            pmodel = ConstrainedPhotometryModel(
+                img_visit, img_ccd, len(visits), len(ccds),
+                lambda g, uu, vv: _focal(amodel, theta, g, uu, vv, gi, gu, gv, gxi, geta),
+                getattr(amodel, "scale", 1.0), config.photometryVisitOrder, ref_ccd)
+            if not hasattr(amodel, "scale"):
+                pmodel.scale = _fp_scale(gi, gxi, geta, img_visit)
+        else:
+            pmodel = SimplePhotometryModel(len(kimages))
+        rf = np.where(ref_index >= 0, refcat.flux[np.maximum(ref_index, 0)], np.nan)
+        ratio = rf[star_of] / meas.flux
+        ptheta = pmodel.initialize(img, ratio)
+        pprob = PhotometryProblem(pmodel, meas, n_stars, ref_index, refcat.flux,
+                                  refcat.flux_err, config.photometryErrorPedestal)
+        if len(pprob.ref_star) == 0:
+            raise UserError("no fitted star has a reference flux in this filter; check "
+                            "photometryRefCat and its colour terms for the filter")
+        calib0, _, _ = pmodel.derivatives(ptheta, img, u, v)
+        fluxes = np.bincount(star_of, meas.flux * calib0, n_stars) / cnt
+        fluxes[pprob.ref_star] = pprob.ref_flux
+        pprob.set_sigma(ptheta)
+        pfit = _staged_fit(pprob, ptheta, fluxes, pmodel.fixed, config, "photometry", 1)
+        pactive = pprob.active
+    return JointcalResult(kimages, tangent, amodel, theta, pmodel, ptheta, meas, stars,
+                          fluxes, aprob.active, pactive, ref_index, refcat, ref_xi, ref_eta,
+                          afit, pfit, offsets, counts, dropped)
+
+
+def _fp_scale(gi, gxi, geta, img_visit):
+    vis = img_visit[gi]
+    n = np.bincount(vis)
+    cx = np.bincount(vis, gxi) / n
+    cy = np.bincount(vis, geta) / n
+    return float(np.max(np.abs(np.concatenate([gxi - cx[vis], geta - cy[vis]])))) or 1.0
+
+
+def _focal(amodel, theta, g, u, v, gi, gu, gv, gxi, geta):
+    """Focal-plane coordinates for the photometric model (the astrometric layout)."""
+    if hasattr(amodel, "focal_plane"):
+        return amodel.focal_plane(theta, g, u, v)
+    # simple astrometry: the focal plane is the visit's tangent plane about its centre
+    xi, eta = amodel.evaluate(theta, g, u, v)
+    vis = amodel.image_visit[np.broadcast_to(g, np.shape(u))]
+    n = np.bincount(amodel.image_visit[gi])
+    cx = np.bincount(amodel.image_visit[gi], gxi) / n
+    cy = np.bincount(amodel.image_visit[gi], geta) / n
+    return xi - cx[vis], eta - cy[vis]
+
+
+def _staged_fit(problem, theta, stars, fixed, config, what, dof):
+    """Model with stars fixed, stars with model fixed, then everything with rejection."""
+    free = ~fixed
+    kw = dict(max_iter=config.maxIterations, tol=config.convergenceTolerance,
+              dense_limit=config.denseLimit)
+    gauss_newton(problem, theta, stars, free, False, **kw)
+    gauss_newton(problem, theta, stars, np.zeros_like(free), True, **kw)
+    fit = gauss_newton(problem, theta, stars, free, True, **kw)
+    for rnd in range(config.maxOutlierRounds):
+        chi2 = problem.measurement_chi2(theta, stars)
+        s2 = max(1.0, fit.chi2 / max(fit.ndof, 1))
+        bad = problem.active & (chi2 > config.outlierRejectSigma ** 2 * s2)
+        if not bad.any():
+            break
+        problem.active &= ~bad
+        log.info("%s: rejected %d outliers (round %d)", what, int(bad.sum()), rnd + 1)
+        if hasattr(problem, "set_sigma"):
+            problem.set_sigma(theta)
+        fit = gauss_newton(problem, theta, stars, free, True, **kw)
+    log.info("%s: chi2/ndof = %.6g / %d = %.3f after %d iterations%s", what, fit.chi2,
+             fit.ndof, fit.chi2 / max(fit.ndof, 1), fit.n_iter,
+             "" if fit.converged else " (not converged)")
+    return fit
