@@ -38,7 +38,7 @@ class TaskConfig(BaseModel):
                 raise UserError(f"--configfile {f}: not valid YAML ({exc})") from None
             if not isinstance(loaded, dict):
                 raise UserError(f"--configfile {f}: expected a mapping of NAME: VALUE")
-            for k, v in _flatten(loaded).items():
+            for k, v in _flatten(loaded, model=type(self)).items():
                 _set_dotted(data, k, v, self, f"--configfile {f}")
         for pair in pairs or []:
             name, sep, text = pair.partition("=")
@@ -76,12 +76,17 @@ class TaskConfig(BaseModel):
         return "\n".join(lines)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def _flatten(d: dict, prefix: str = "", model=None) -> dict:
+    """Dotted names of a nested mapping; a dict-valued field (not a nested config)
+    stays one value."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+        fields = getattr(model, "model_fields", None)
+        sub = fields[k].annotation if fields is not None and k in fields else None
+        nested = isinstance(sub, type) and issubclass(sub, BaseModel)
+        if isinstance(v, dict) and (nested or fields is None or k not in fields):
+            out.update(_flatten(v, key + ".", sub if nested else None))
         else:
             out[key] = v
     return out

@@ -82,7 +82,7 @@ def read_input_table(path) -> Table:
         if name.endswith((".csv", ".csv.gz")):
             return Table.read(path, format="ascii.csv")
         if name.endswith((".parquet", ".pq")):
-            return Table.read(path, format="parquet")
+            return _read_parquet(path)
     except UserError:
         raise
     except ImportError as exc:
@@ -91,6 +91,14 @@ def read_input_table(path) -> Table:
         raise UserError(f"{path}: cannot read the table ({exc.__class__.__name__}: "
                         f"{exc}); give a FITS, CSV or Parquet table") from None
     raise UserError(f"{path}: unknown table format; give a .fits, .csv or .parquet file")
+
+
+def _read_parquet(path: Path) -> Table:
+    """Parquet through pyarrow directly (astropy's reader also wants pandas)."""
+    import pyarrow.parquet as pq
+
+    pt = pq.read_table(path)
+    return Table({n: pt.column(n).to_numpy(zero_copy_only=False) for n in pt.column_names})
 
 
 def _col(table: Table, name: str, key: str, source: str) -> np.ndarray:
