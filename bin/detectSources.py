@@ -2,4 +2,5 @@
 """Detect and measure sources on each CCD (see tractpatch.sources.task)."""
 from tractpatch.sources.task import main
 
-main()
+if __name__ == "__main__":  # -j workers are spawned and import this file
+    main()

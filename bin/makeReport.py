@@ -2,4 +2,5 @@
 """Write the HTML report of a rerun (see tractpatch.diagnostics.report_task)."""
 from tractpatch.diagnostics.report_task import main
 
-main()
+if __name__ == "__main__":  # -j workers are spawned and import this file
+    main()
