@@ -223,6 +223,8 @@ def _nearest_hint(root, name, info, ra, dec) -> str:
     lon, lat = hp.healpix_to_lonlat(pix)
     sep = angular_separation(ra, dec, lon.to_value(u.deg), lat.to_value(u.deg))
     i = int(np.argmin(sep))
+    if sep[i] < hp.pixel_resolution.to_value(u.deg):
+        return " (the catalog covers the area, but no star falls inside it)"
     return (f" (its nearest shard is centred {sep[i]:.2f} deg away at ra, dec = "
             f"{lon[i].to_value(u.deg):.3f}, {lat[i].to_value(u.deg):.3f})")
 
