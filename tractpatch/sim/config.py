@@ -89,12 +89,13 @@ class SimConfig(TaskConfig):
     ccd_placement_error_px: float = Field(1.5, ge=0, description="header CCD placement "
                                           "error (uniform in +-this per axis, pixels)")
     # --- sky objects --------------------------------------------------------------
-    star_density: float = Field(80000.0, ge=0, description="stars per deg^2 over "
-                                "star_mag_range (a rich field; ~1/3 of them in "
-                                "17 < i < 22)")
-    star_mag_range: list[float] = Field([15.0, 24.5], description="PS1 i-band range of "
+    star_density: float = Field(160000.0, ge=0, description="stars per deg^2 over "
+                                "star_mag_range (default: a rich field, half of the "
+                                "stars in 17 < i < 22, ~80 with S/N > 50 per mini CCD; "
+                                "high Galactic latitude: ~5000 over 15-24.5, slope 0.2)")
+    star_mag_range: list[float] = Field([16.0, 24.0], description="PS1 i-band range of "
                                         "the stars")
-    star_count_slope: float = Field(0.2, description="d log10 N / dm of the star counts")
+    star_count_slope: float = Field(0.1, description="d log10 N / dm of the star counts")
     galaxy_density: float = Field(150000.0, ge=0, description="galaxies per deg^2 over "
                                   "galaxy_mag_range")
     galaxy_mag_range: list[float] = Field([18.0, 25.5], description="HSC-I range of the "
@@ -124,7 +125,8 @@ PRESETS: dict[str, dict] = {
     "hsc": dict(n_ccds=4, ccd_nx=2048, ccd_ny=4176, n_fields=1, visits_per_field=4,
                 field_step_arcsec=0.0, dither_arcsec=120.0, rotation_range_deg=10.0,
                 distortion_arcsec=10.0, distortion_radius_deg=0.75,
-                star_density=6000.0, galaxy_density=150000.0),
+                star_density=6000.0, star_mag_range=[15.0, 24.5], star_count_slope=0.2,
+                galaxy_density=150000.0),
 }
 
 

@@ -271,8 +271,10 @@ def load_truth(sim_dir) -> SimTruth:
         raise UserError(f"{sim_dir}: no simulator truth (truth/model.yaml) found; make it "
                         "with makeDemoRepo.py ROOT")
     d = yaml.safe_load((p / "model.yaml").read_text())
-    objects = Table.read(p / "objects.fits", hdu="OBJECTS") \
-        if (p / "objects.fits").exists() else None
+    objects = None
+    if (p / "objects.fits").exists():
+        objects = Table.read(p / "objects.fits", hdu="OBJECTS")
+        objects.convert_bytestring_to_unicode()  # "type" compares with str
     return SimTruth.from_dict(d, objects)
 
 
