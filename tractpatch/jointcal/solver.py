@@ -147,6 +147,10 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         xi[sel], eta[sel] = off.apply(xi[sel], eta[sel])
         offsets.append(off)
     off_by_visit = {o.visit: o for o in offsets}
+    if not offsets:
+        raise UserError("no visit's detections match the reference catalog within "
+                        f"initialOffsetMax={config.initialOffsetMax} arcsec; check that the "
+                        "reference catalog covers the field and the header WCSs")
 
     # --- association and reference matching -------------------------------------
     idx = np.nonzero(keep_det)[0]

@@ -1,0 +1,5 @@
+#!/usr/bin/env python3
+"""Joint astrometric and photometric calibration of a tract (tractpatch.jointcal.task)."""
+from tractpatch.jointcal.task import main
+
+main()

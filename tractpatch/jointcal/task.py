@@ -1,0 +1,159 @@
+"""``jointcal.py ROOT --rerun R --id visit=... tract=T ccd=... [--config ...]``.
+
+One unit of work per (tract, filter): the selected CCDs overlapping the tract are fitted
+together against the reference catalog; outputs in ``jointcal-results/<tract>/``.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import yaml
+
+from ..atomic import write_text_atomic
+from ..cli import CmdLineTask
+from ..errors import UserError
+from .config import JointcalConfig
+from .inputs import Detections, RefCatalog, read_src
+from .metrics import compute_metrics
+from .outputs import photocalib_from_model, write_wcs
+from .solver import fit_jointcal
+from .tangent import mean_direction
+
+
+class JointcalTask(CmdLineTask):
+    """Joint astrometric and photometric calibration of a tract, per filter."""
+
+    name = "jointcal"
+    description = "Joint astrometric and photometric calibration of all CCDs of a tract"
+    ConfigClass = JointcalConfig
+    level = "tract"
+
+    def units(self, ids, select):
+        from ..skymap.selection import exposures_in_tract
+
+        tracts = sorted({t for s in ids for t in s.terms.get("tract", [])})
+        if not tracts:
+            raise UserError("jointcal needs a tract in --id, e.g. --id visit=1..4 tract=0")
+        rows = self.repo.registry.exposures(ids or None)
+        units = []
+        for t in tracts:
+            by_filter: dict[str, list] = {}
+            for r in exposures_in_tract(self.repo, rows, t):
+                by_filter.setdefault(r["filter"], []).append(r)
+            for f, rs in sorted(by_filter.items()):
+                units.append({"tract": t, "filter": f,
+                              "visit": "^".join(str(v) for v in sorted({r["visit"] for r in rs})),
+                              "ccd": "^".join(str(c) for c in sorted({r["ccd"] for r in rs}))})
+        return units
+
+    def _refcat_name(self, name):
+        from ..refcat.loader import available_refcats
+
+        names = available_refcats(self.repo.root)
+        if name:
+            if name not in names:
+                raise UserError(f"reference catalog {name!r} not in {self.repo.root}/ref_cats "
+                                f"(have: {', '.join(names) or 'none'}); ingest or fetch it")
+            return name
+        if len(names) != 1:
+            raise UserError(f"{len(names)} reference catalogs in {self.repo.root}/ref_cats "
+                            f"({', '.join(names) or 'none'}); choose one with --config "
+                            "astrometryRefCat=NAME (ingestReferenceCatalog.py adds one)")
+        return names[0]
+
+    def run_unit(self, data_id):
+        from ..refcat.loader import load_region
+
+        cfg = self.config
+        visits = {int(v) for v in str(data_id["visit"]).split("^")}
+        ccds = {int(c) for c in str(data_id["ccd"]).split("^")}
+        rows = [r for r in self.repo.registry.exposures(filter=data_id["filter"])
+                if r["visit"] in visits and r["ccd"] in ccds]
+        dets, images, unread = [], [], {}
+        for r in rows:
+            p = self.repo.find("src", visit=r["visit"], ccd=r["ccd"], pointing=r["pointing"],
+                               filter=r["filter"])
+            if p is None:
+                unread[(r["visit"], r["ccd"])] = "no SRC catalog; run detectSources.py"
+                continue
+            try:
+                d, im = read_src(p, cfg.minSnr, cfg.requireStar)
+            except UserError as exc:
+                unread[(r["visit"], r["ccd"])] = str(exc)
+                continue
+            dets.append(d)
+            images.append(im)
+        for k, why in unread.items():
+            self.log.warning("visit=%d ccd=%d dropped: %s", *k, why)
+        if not images:
+            raise UserError(f"tract={data_id['tract']} filter={data_id['filter']}: no "
+                            "readable SRC catalog; run detectSources.py first")
+        ra = np.concatenate([[r[f"ra{i}"] for i in range(1, 5)] for r in rows])
+        dec = np.concatenate([[r[f"dec{i}"] for i in range(1, 5)] for r in rows])
+        ra0, dec0 = mean_direction(ra, dec)
+        from ..refcat.loader import angular_separation
+        radius = float(np.max(angular_separation(ra0, dec0, ra, dec))) + 0.05
+        epoch = float(np.nanmean([im.mjd for im in images]))
+        instrument = rows[0].get("instrument")
+        aname = self._refcat_name(cfg.astrometryRefCat)
+        table = load_region(self.repo.root, aname, ra0, dec0, radius, epoch_mjd=epoch,
+                            filter_name=data_id["filter"], instrument=instrument)
+        refcat = RefCatalog.from_table(table, epoch)
+        pname = self._refcat_name(cfg.photometryRefCat or aname) if cfg.doPhotometry else aname
+        if pname != aname:
+            refcat = _transfer_fluxes(refcat, RefCatalog.from_table(load_region(
+                self.repo.root, pname, ra0, dec0, radius, epoch_mjd=epoch,
+                filter_name=data_id["filter"], instrument=instrument), epoch))
+        res = fit_jointcal(Detections.concatenate(dets), images, refcat, cfg)
+        res.dropped.update(unread)
+        tract = data_id["tract"]
+        prov = self.provenance()
+        wcs_dev = []
+        for g, im in enumerate(res.images):
+            ident = dict(tract=tract, visit=im.visit, ccd=im.ccd)
+            if cfg.doAstrometry:
+                wcs_dev.append(write_wcs(
+                    self.repo.path("jointcal_wcs", **ident),
+                    lambda x, y, g=g: res.pixel_to_sky(g, x, y), im.nx, im.ny, prov,
+                    cfg.wcsTolerance, cfg.sipOrderMax))
+            if cfg.doPhotometry:
+                order = 0 if cfg.photometryModel == "simple" else cfg.photometryVisitOrder
+                pc = photocalib_from_model(lambda x, y, g=g: res.calibration(g, x, y),
+                                           im.nx, im.ny, order)
+                pc.write(self.repo.path("jointcal_photoCalib", **ident), extra_header=prov)
+        metrics = compute_metrics(res)
+        if wcs_dev:
+            metrics["wcs_max_deviation_mas"] = round(float(max(wcs_dev)), 4)
+        write_text_atomic(self.repo.path("jointcal_metrics", tract=tract,
+                                         filter=data_id["filter"]),
+                          yaml.safe_dump(metrics, sort_keys=False))
+        self.log.info("tract %s %s: %d CCD images, astrometry rms %.2f mas (ref) %.2f mas "
+                      "(internal), photometric repeatability %.2f mmag, %d dropped", tract,
+                      data_id["filter"], len(res.images),
+                      metrics.get("astrometry_rms_ref_mas", np.nan),
+                      metrics.get("astrometry_rms_internal_mas", np.nan),
+                      metrics.get("photometry_repeatability_mmag", np.nan), len(res.dropped))
+        return {k: metrics[k] for k in ("prepared_ccdImages", "final_chi2", "final_ndof")
+                if k in metrics}
+
+
+def _transfer_fluxes(astro: RefCatalog, photo: RefCatalog, radius_arcsec=1.0):
+    """Astrometric refcat with fluxes of the photometric one (nearest within radius)."""
+    from scipy.spatial import cKDTree
+
+    def xyz(ra, dec):
+        a, d = np.radians(ra), np.radians(dec)
+        return np.column_stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+
+    dist, j = cKDTree(xyz(photo.ra, photo.dec)).query(
+        xyz(astro.ra, astro.dec), distance_upper_bound=np.radians(radius_arcsec / 3600))
+    ok = np.isfinite(dist)
+    astro.flux = np.where(ok, photo.flux[np.minimum(j, len(photo) - 1)], np.nan)
+    astro.flux_err = np.where(ok, photo.flux_err[np.minimum(j, len(photo) - 1)], np.nan)
+    return astro
+
+
+def main():
+    """Console entry point of jointcal.py."""
+    sys.exit(JointcalTask.main())
