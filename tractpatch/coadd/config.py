@@ -1,0 +1,44 @@
+"""Configuration of coaddDriver (warping and assembly)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..cli.config import TaskConfig
+from .warp import DEFAULT_BAD_PLANES
+
+
+class CoaddDriverConfig(TaskConfig):
+    """coaddDriver.py configuration (``--config NAME=VALUE``)."""
+
+    warpingMethod: Literal["lanczos", "reproject_exact", "reproject_adaptive"] = Field(
+        "lanczos", description="resampler: our numba Lanczos warper (fast), or reproject's "
+        "flux-conserving reproject_exact / reproject_adaptive")
+    warpingKernel: Literal["lanczos2", "lanczos3", "lanczos4", "lanczos5", "bilinear"] = \
+        Field("lanczos3", description="kernel of the lanczos warping method")
+    interpLength: int = Field(32, ge=1, description="spacing (pixels) of the coarse grid "
+                              "on which the exact pixel->sky->pixel transform is computed")
+    maxTransformError: float = Field(0.01, gt=0, description="bound (pixels) on the "
+                                     "coarse-grid interpolation error; grid refined to meet")
+    warpMaskThreshold: float = Field(0.1, ge=0, lt=1, description="fraction of a warped "
+                                     "pixel's kernel weight from flagged input pixels above "
+                                     "which the flag is propagated")
+    badMaskPlanes: list[str] = Field(list(DEFAULT_BAD_PLANES), description="mask planes "
+                                     "whose pixels are excluded from warping and stacking")
+    statistic: Literal["MEANCLIP", "MEAN", "MEDIAN"] = Field(
+        "MEANCLIP", description="stacking statistic")
+    sigmaClip: float = Field(3.0, gt=0, description="MEANCLIP clipping threshold (sigma)")
+    clipAmpFrac: float = Field(0.3, ge=0, description="MEANCLIP: fraction of the pixel "
+                               "level added in quadrature to the clipping sigma (SWarp "
+                               "CLIP_AMPFRAC) so seeing differences are not clipped")
+    clipIter: int = Field(2, ge=1, description="MEANCLIP clipping passes")
+    maskPropagationThresholds: dict[str, float] = Field(
+        {"SAT": 0.1}, description="plane: minimum fraction of the covering weight flagged "
+        "for the plane to be set in the coadd")
+    zeroPoint: float = Field(27.0, description="AB zero point of the coadd pixel values")
+    maxStackMemoryMB: float = Field(400.0, gt=0, description="memory for one subregion's "
+                                    "stack of inputs; sets the subregion height")
+    doWriteWarps: bool = Field(False, description="also write the per-visit warps "
+                               "(deepCoadd_warp)")
+    calexpDataset: str = Field("calexp", description="dataset of the calibrated inputs")
