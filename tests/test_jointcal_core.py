@@ -20,7 +20,7 @@ from tractpatch.jointcal.tangent import deproject, project
 
 @pytest.fixture(scope="module")
 def synth():
-    return make_synthetic(n_visits=5, ccd_grid=(3, 2), stars_per_ccd=150, seed=3)
+    return make_synthetic(n_visits=5, ccd_grid=(3, 2), stars_per_ccd=250, seed=3)
 
 
 def _scores(res, truth):

@@ -122,9 +122,27 @@ class ConstrainedAstrometryModel:
                                                                           self.n_visits), 1)
         cy = np.bincount(vis, eta, self.n_visits) / np.maximum(np.bincount(vis, None,
                                                                            self.n_visits), 1)
-        fx, fy = xi - cx[vis], eta - cy[vis]
-        per_ccd: dict[int, list] = {}
         A = np.column_stack([np.ones_like(u), u, v])
+        # rotator angle of each visit: mean orientation of its CCDs' u axes on the sky
+        # (cameras rotate between visits; the focal plane is the de-rotated frame)
+        fits = {}
+        for g in np.unique(img):
+            s = img == g
+            fits[g] = np.linalg.lstsq(A[s], np.column_stack([xi[s], eta[s]]), rcond=None)[0]
+        ang = np.zeros(len(self.image_visit))
+        for g, c in fits.items():
+            ang[g] = np.arctan2(c[1, 1], c[1, 0])
+        rot = np.zeros(self.n_visits)
+        for k in range(self.n_visits):
+            gs = [g for g in fits if self.image_visit[g] == k]
+            if gs:
+                rot[k] = np.angle(np.mean(np.exp(1j * ang[gs])))
+        rot -= np.angle(np.mean(np.exp(1j * rot)))  # focal-plane frame: the mean orientation
+        self.visit_rotation = rot
+        cr, sr = np.cos(rot[vis]), np.sin(rot[vis])
+        dx, dy = xi - cx[vis], eta - cy[vis]
+        fx, fy = cr * dx + sr * dy, -sr * dx + cr * dy
+        per_ccd: dict[int, list] = {}
         for g in np.unique(img):
             s = img == g
             c = np.linalg.lstsq(A[s], np.column_stack([fx[s], fy[s]]), rcond=None)[0]

@@ -31,6 +31,7 @@ class SyntheticTruth:
     zp: dict           # visit -> (c0, cu, cvv)
     gain: dict         # ccd -> factor
     fp_scale: float
+    rotator: dict      # visit -> camera rotation on the sky (rad)
 
     def focal(self, ccd, x, y):
         x0, y0, rot = self.ccd_layout[ccd]
@@ -43,12 +44,15 @@ class SyntheticTruth:
         """True (ra, dec) deg of 0-based pixels."""
         fx, fy = self.focal(ccd, x, y)
         r2 = fx ** 2 + fy ** 2
-        return deproject(fx * (1 + self.k * r2), fy * (1 + self.k * r2),
-                         *self.pointing[visit])
+        dx, dy = fx * (1 + self.k * r2), fy * (1 + self.k * r2)
+        c, s = np.cos(self.rotator[visit]), np.sin(self.rotator[visit])
+        return deproject(c * dx - s * dy, s * dx + c * dy, *self.pointing[visit])
 
     def sky_to_pixel(self, visit, ccd, ra, dec):
         """Inverse of :meth:`pixel_to_sky` (fixed-point inversion of the distortion)."""
-        dx, dy = project(ra, dec, *self.pointing[visit])
+        px, py = project(ra, dec, *self.pointing[visit])
+        c, s = np.cos(self.rotator[visit]), np.sin(self.rotator[visit])
+        dx, dy = c * px + s * py, -s * px + c * py
         fx, fy = dx.copy(), dy.copy()
         for _ in range(8):
             r2 = fx ** 2 + fy ** 2
@@ -71,7 +75,7 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
                    stars_per_ccd=200, dither=60.0, pointing_error=8.0,
                    rotation_error=0.08, ref_fraction=0.7, k=2e-9, seed=1,
                    ra0=150.0, dec0=2.0, mjd0=57000.0, ref_epoch=57000.0, pm_sigma=10.0,
-                   centroid_floor=0.01):
+                   centroid_floor=0.01, rotator_range=3.0):
     """Detections, header-WCS CCD images, a reference catalog and the truth.
 
     Returns
@@ -94,13 +98,15 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
     fp_scale = max(gx * (w + gap), gy * (h + gap)) / 2
     pointing = {}
     zp = {}
+    rotator = {v: np.radians(rng.uniform(-rotator_range, rotator_range))
+               for v in range(n_visits)}
     for v in range(n_visits):
         off = rng.uniform(-dither, dither, 2)
         pointing[v] = tuple(deproject(off[0], off[1], ra0, dec0))
         pointing[v] = (float(pointing[v][0]), float(pointing[v][1]))
         zp[v] = (rng.uniform(0.8, 1.2), rng.normal(0, 0.01), rng.normal(0, 0.01))
     gain = {c: rng.uniform(0.9, 1.1) for c in layout}
-    truth = SyntheticTruth(pointing, layout, nx, ny, pixel_scale, k, zp, gain, fp_scale)
+    truth = SyntheticTruth(pointing, layout, nx, ny, pixel_scale, k, zp, gain, fp_scale, rotator)
     # stars over the dithered field
     half = np.array([fp_scale + dither + 30, fp_scale * gy / gx + dither + 30])
     area_ccd = w * h
