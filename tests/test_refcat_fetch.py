@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import time
 from pathlib import Path
@@ -22,6 +23,20 @@ from tractpatch.refcat.shards import ShardScheme, catalog_dir
 from tractpatch.refcat.tasks import _fetch_body
 
 RESPONSES = Path(__file__).parent / "data" / "refcat_responses"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handler():
+    """The commands run in-process here attach a log handler to the sys.stderr of the
+    moment (pytest's capture); drop it so no later test writes to a closed stream."""
+    def drop():
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_tractpatch", False)]:
+            root.removeHandler(h)
+
+    drop()
+    yield
+    drop()
 
 
 @pytest.fixture
@@ -227,3 +242,36 @@ def test_tiles_cover_the_cone_exactly():
         hit = set(ShardScheme(128).pixels_of(pts.ra.rad, pts.dec.rad).tolist())
         assert hit <= tiles
         assert len(tiles - hit) <= 2  # slivers the sampling missed, not far tiles
+
+
+def test_fetch_a_tract_of_the_skymap(tmp_path, monkeypatch, listener, capsys):
+    from tractpatch.refcat.loader import load_polygon
+    from tractpatch.repo.repository import Repository
+    from tractpatch.skymap import DiscreteSkyMap, DiscreteSkyMapConfig, save_skymap
+
+    repo = Repository(tmp_path, create=True)
+    repo.set_rerun("sky")
+    sky = DiscreteSkyMap(DiscreteSkyMapConfig(raList=[244.72], decList=[12.0],
+                                              radiusList=[0.05]))
+    save_skymap(repo, sky, "discrete")
+    rec = Table.read(RESPONSES / "gaia_dr3_tap.ecsv")
+    _use(monkeypatch, "gaia_dr3", Replay(rec), listener)
+    status = simple_main("fetchReferenceCatalog", _fetch_body,
+                         [str(tmp_path), "--name", "gaia_dr3", "--id", "tract=0",
+                          "--rerun", "sky", "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    capsys.readouterr()
+    corners = np.asarray(sky[0].corners())
+    got = load_polygon(tmp_path, "gaia_dr3", corners[:, 0], corners[:, 1])
+    v = SkyCoord(corners[:, 0], corners[:, 1], unit="deg").cartesian.xyz.value.T
+    p = SkyCoord(rec["ra"], rec["dec"], unit="deg").cartesian.xyz.value.T
+    normals = [np.cross(v[i], v[(i + 1) % len(v)]) for i in range(len(v))]
+    sign = np.sign(sum(v.mean(0) @ n for n in normals))  # corner order either way
+    inside = np.all([sign * (p @ n) > 0 for n in normals], axis=0)
+    assert inside.sum() > 50
+    assert sorted(got["id"].tolist()) == sorted(rec["source_id"][inside].tolist())
+    status = simple_main("fetchReferenceCatalog", _fetch_body,
+                         [str(tmp_path), "--name", "gaia_dr3", "--id", "tract=7",
+                          "--rerun", "sky"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "tract=7" in err[0]

@@ -7,7 +7,7 @@ pattern (``"ps1*"``) against the catalog's ``photometric_system`` (default its n
 
 Shipped: HSC from PS1 and from SDSS, the values of obs_subaru's ``config/colorterms.py``
 (hscPipe/LSST, "ps1*" and "sdss*" dictionaries, HSC-G..HSC-Y, HSC-R2, HSC-I2 and the
-narrow bands). More terms can be added without code in ``ROOT/ref_cats/colorterms.yaml``::
+narrow bands); CFHT MegaCam from PS1 (obs_cfht, instrument ``megacam``). More terms can be added without code in ``ROOT/ref_cats/colorterms.yaml``::
 
     hsc:                      # instrument name
       ps1*:                   # photometric-system pattern
@@ -103,6 +103,16 @@ _SDSS_HSC = {
 }
 
 
+# obs_cfht config/colorterms.py, "ps1*" (MegaCam filters as in CFHT headers).
+_PS1_MEGACAM = {
+    "u.MP9301": ("u", "g", 0.0, -0.241, 0.0),
+    "g.MP9401": ("g", "r", 0.0, -0.153, 0.0),
+    "r.MP9601": ("r", "g", 0.0, 0.024, 0.0),
+    "i.MP9701": ("i", "r", 0.0, 0.085, 0.0),
+    "z.MP9801": ("z", "i", 0.0, -0.074, 0.0),
+}
+
+
 def _terms(table: dict) -> dict[str, Colorterm]:
     return {f: Colorterm(*v) for f, v in table.items()}
 
@@ -110,6 +120,7 @@ def _terms(table: dict) -> dict[str, Colorterm]:
 #: instrument -> photometric-system pattern -> filter -> Colorterm
 DEFAULT_LIBRARY: dict[str, dict[str, dict[str, Colorterm]]] = {
     "hsc": {"ps1*": _terms(_PS1_HSC), "sdss*": _terms(_SDSS_HSC)},
+    "megacam": {"ps1*": _terms(_PS1_MEGACAM)},
 }
 
 

@@ -126,9 +126,9 @@ def _tract_cones(root, rerun, id_args, margin) -> list[tuple[float, float, float
         for tract_id in tracts:
             try:
                 tract = skymap[int(tract_id)]
-            except (KeyError, IndexError):
-                raise UserError(f"--id tract={tract_id}: no such tract in the skymap of "
-                                f"rerun {rerun}") from None
+            except (KeyError, IndexError) as exc:
+                raise UserError(f"--id tract={tract_id}: {str(exc).strip(chr(39))} of "
+                                f"rerun {rerun}; pick a tract of the skymap") from None
             ra0, dec0 = tract.center
             corners = np.asarray(tract.corners(), dtype=float).reshape(-1, 2)
             r = float(angular_separation(ra0, dec0, corners[:, 0], corners[:, 1]).max())
