@@ -98,7 +98,8 @@ def _zero_point_index(path: str, visit_column: str, ccd_column: str,
         raise UserError(f"zeroPointTable {path}: no column(s) {', '.join(missing)}; set "
                         "zeroPointTableVisitColumn/zeroPointTableCcdColumn/zeroPointColumn")
     visits = np.asarray(t[visit_column]).astype(np.int64)
-    ccds = [str(c).strip() for c in np.asarray(t[ccd_column])]
+    ccds = [(c.decode() if isinstance(c, bytes) else str(c)).strip()
+            for c in np.asarray(t[ccd_column])]
     zps = np.asarray(t[zp_column], dtype=np.float64)
     return {(int(v), c): float(z) for v, c, z in zip(visits, ccds, zps)}
 
