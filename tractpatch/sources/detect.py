@@ -37,8 +37,10 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
 
     Returns
     -------
-    ndarray
+    objects : ndarray
         sep's structured object array (x, y, a, b, theta, flux, peak, npix, flag, ...).
+    segmap : ndarray of int32
+        Segmentation map: pixel value ``i + 1`` belongs to object ``i``, 0 to none.
     """
     sep.set_extract_pixstack(max(pixstack, data.size))
     sep.set_sub_object_limit(4096)
@@ -46,4 +48,5 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
                        var=np.ascontiguousarray(variance, dtype=np.float32),
                        mask=np.ascontiguousarray(bad, dtype=np.uint8),
                        minarea=min_area, deblend_nthresh=deblend_nthresh,
-                       deblend_cont=deblend_cont, clean=clean)
+                       deblend_cont=deblend_cont, clean=clean,
+                       segmentation_map=True)

@@ -66,14 +66,21 @@ def _blocks(n: int, half: int, budget: int = 4_000_000):
         yield slice(start, min(n, start + step))
 
 
-def half_light_radius(data, x, y, bad, rmax: float) -> np.ndarray:
-    """Radius containing half the flux within ``rmax`` (pixels; sep.flux_radius)."""
+def half_light_radius(data, x, y, bad, rmax: float, segmap=None) -> np.ndarray:
+    """Radius containing half the flux within ``rmax`` (pixels; sep.flux_radius).
+
+    With the segmentation map, pixels of other objects are left out, so a deblended
+    source's size is not inflated by its neighbour.
+    """
+    kw = {}
+    if segmap is not None:
+        kw = {"seg_id": np.arange(1, len(x) + 1, dtype=np.int32), "segmap": segmap}
     r, _ = sep.flux_radius(data, x, y, np.full(len(x), float(rmax)), 0.5,
-                           mask=bad, subpix=5)
+                           mask=bad, subpix=5, **kw)
     return np.asarray(r, dtype=np.float64)
 
 
-def windowed_centroids(data, var, bad, x, y, r50, gain=None):
+def windowed_centroids(data, var, bad, x, y, r50, gain=None, max_shift=None):
     """Windowed centroids and their errors.
 
     Parameters
@@ -88,6 +95,10 @@ def windowed_centroids(data, var, bad, x, y, r50, gain=None):
         Half-light radii; the window sigma is ``2 r50 / 2.35`` (SExtractor).
     gain : float, optional
         e-/count; adds the source Poisson variance to the errors.
+    max_shift : ndarray, optional
+        Largest accepted move from the initial position per source (default
+        ``2 sig + 1``); deblended sources get a tighter bound because the window
+        iteration can slide onto the neighbour.
 
     Returns
     -------
@@ -100,7 +111,9 @@ def windowed_centroids(data, var, bad, x, y, r50, gain=None):
     sig = np.clip(2.0 * r50 / 2.35, 0.5, 20.0)
     sig = np.where(np.isfinite(sig), sig, 1.0)
     xw, yw, flag = sep.winpos(data, x, y, sig, mask=bad)
-    ok = np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2 * sig + 1)
+    if max_shift is None:
+        max_shift = 2 * sig + 1
+    ok = np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < max_shift)
     xw = np.where(ok, xw, x)
     yw = np.where(ok, yw, y)
     x_err = np.full(len(x), np.nan)

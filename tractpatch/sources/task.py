@@ -43,6 +43,10 @@ class DetectSourcesConfig(TaskConfig):
     background_box: int = Field(64, ge=4, description="sky mesh box size (pixels)")
     background_filter: int = Field(3, ge=1, description="median filter of the sky mesh "
                                    "(boxes)")
+    background_source_sigma: float | None = Field(5.0, description="second sky pass "
+                                                  "masking pixels this many sigma (of the "
+                                                  "smoothed image) above the first; "
+                                                  "None: one pass")
     aperture_radii: list[float] = Field([3.0, 6.0, 9.0, 12.0], min_length=1,
                                         description="aperture radii in pixels "
                                         "(columns flux_ap_<r>)")
@@ -117,10 +121,11 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     var = np.where(bad, np.median(var[~bad]), var).astype(np.float32)
     bad8 = bad.astype(np.uint8)
 
-    bkg = estimate_background(image, bad, config.background_box, config.background_filter)
+    bkg = estimate_background(image, bad, config.background_box, config.background_filter,
+                              config.background_source_sigma)
     data = np.where(bad, 0.0, image - bkg.level).astype(np.float32)
 
-    objs = detect_sources(data, var, bad8, config.threshold, config.min_area,
+    objs, segmap = detect_sources(data, var, bad8, config.threshold, config.min_area,
                           config.deblend_nthresh, config.deblend_cont, config.clean)
     if len(objs) == 0:
         raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
@@ -132,14 +137,18 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     x0 = np.asarray(objs["x"], float)
     y0 = np.asarray(objs["y"], float)
 
-    r50 = half_light_radius(data, x0, y0, bad8, rmax)
-    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, r50, gain)
+    blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
+    r50 = half_light_radius(data, x0, y0, bad8, rmax, segmap)
+    # deblended sources: the window may not slide more than half its sigma
+    max_shift = np.where(blended, np.clip(r50 / 2.35, 0.5, None),
+                         2 * np.clip(2 * r50 / 2.35, 0.5, None) + 1)
+    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, r50, gain,
+                                               max_shift)
     fwhm = 2.0 * r50  # exact for a Gaussian profile
     aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
     f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
     f_max, e_max, _ = aps[rmax]
 
-    blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         snr_mid = f_mid / e_mid
     # provisional flags at the default size, for choosing locus stars
@@ -216,6 +225,8 @@ class DetectSourcesTask(CmdLineTask):
             raise
         except UserError as exc:  # unreadable/empty file: flag this CCD, go on
             raise DataQualityError(f"{label}: {exc}") from None
+        if exp.info.gain is None:
+            exp.info.gain = instrument_gain(self.repo, row)
         res = measure_exposure(exp, self.config, label)
         info = exp.info
         header = {"VISIT": int(info.visit), "CCD": int(info.ccd),
@@ -238,6 +249,30 @@ class DetectSourcesTask(CmdLineTask):
             sky_level=res.sky_level, sky_noise=res.sky_noise, n_sources=res.n_sources,
             n_stars=res.n_stars)
         return {"n_sources": res.n_sources, "n_stars": res.n_stars, "psf_fwhm": fwhm}
+
+
+def instrument_gain(repo, row) -> float | None:
+    """The CCD's gain (e-/count) through the instrument's keyword list, or None.
+
+    Foreign files (DECam CP: ``GAINA``) keep the gain under instrument-specific
+    keywords that :func:`load_exposure` does not read; source Poisson noise needs it.
+    """
+    from ..image.fits_io import merged_header, open_fits
+    from ..repo.exposure_io import _hdu, _instrument
+
+    inst = _instrument(row.get("instrument") or "generic")
+    override = inst.ccd_override(row.get("ccd"), row.get("ccdname")).get("gain")
+    if override:
+        return float(override)
+    with open_fits(repo.exposure_path(row)) as hdul:
+        hdu = _hdu(row.get("hdu"))
+        header = merged_header(hdul, hdul[hdu if hdu is not None else 0])
+    value = inst.lookup("gain", header)
+    try:
+        gain = float(value)
+    except (TypeError, ValueError):
+        return None
+    return gain if np.isfinite(gain) and gain > 0 else None
 
 
 def main():
