@@ -260,3 +260,31 @@ def test_truth_on_disk_is_the_truth_used(demo):
         assert np.array_equal(t.calibration(v, 3, x, y), demo.truth.calibration(v, 3, x, y))
     assert len(t.objects) == len(demo.truth.objects)
     assert set(t.objects["type"]) == {"star", "galaxy"}
+
+
+def test_refcat_ingested_with_truth_fluxes_and_motions(demo):
+    """The ingested reference catalog, loaded at a visit's epoch in HSC-R through the
+    instrument's colour terms, gives the true positions and HSC-R fluxes."""
+    from tractpatch.refcat.loader import load_region
+
+    t = demo.truth
+    v = t.visits[0]
+    info = t.visit(v)
+    ref = load_region(demo.root, "sim", info["ra"], info["dec"], 0.05,
+                      epoch_mjd=info["mjd"], filter_name="HSC-R", instrument="hsc")
+    assert len(ref) > 50
+    ra, dec = t.object_positions(v)
+    star = np.flatnonzero(np.asarray(t.objects["type"]) == "star")
+    cosd = np.cos(np.radians(info["dec"]))
+    # nearest true star of every reference star
+    d2 = ((np.asarray(ref["ra"])[:, None] - ra[star][None, :]) * cosd) ** 2 + \
+        (np.asarray(ref["dec"])[:, None] - dec[star][None, :]) ** 2
+    k = np.argmin(d2, axis=1)
+    sep_mas = np.sqrt(d2[np.arange(len(ref)), k]) * 3.6e6
+    # Gaia-like errors: position <= 0.6 mas, proper motion <= 0.7 mas/yr over ~4 yr
+    assert np.median(sep_mas) < 2.0 and np.max(sep_mas) < 15.0
+    truth_flux = np.asarray(t.objects["flux_HSC-R"])[star[k]]
+    ratio = np.asarray(ref["flux"]) / truth_flux
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.003)
+    pull = (np.asarray(ref["flux"]) - truth_flux) / np.asarray(ref["flux_err"])
+    assert np.std(pull) < 2.0
