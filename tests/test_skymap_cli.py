@@ -212,6 +212,10 @@ def test_do_append(synth, capsys, caplog):
     assert any(m.startswith("tract 0 has corners") for m in msgs)
     assert any(m.startswith("tract 1 has corners") for m in msgs)
     assert [t["tract"] for t in synth.registry.tracts("ap")] == [0, 1]
+    # appending the same selection again keeps the tract (no duplicate)
+    assert _main(MakeDiscreteSkyMapTask, root, "--rerun", "ap", "--id", "field=B",
+                 "--config", "doPlot=False", "doAppend=True") == 0
+    assert len(load_skymap(Repository(root, rerun="ap"))) == 2
 
 
 def test_make_skymap_presets_and_lookup(synth, capsys):

@@ -119,8 +119,9 @@ class PS1RingsSkyMap(BaseSkyMap):
         t = self._cache.get(tract_id)
         if t is None:
             if self._zone_index(tract_id) is None:
+                last = self._first[-1] + self._nband[-1] - 1
                 raise KeyError(f"projection cell {tract_id} is not in RINGS.V3 "
-                               f"({self._first[0]}..{self._first[-1] + self._nband[-1] - 1})")
+                               f"({self._first[0]}..{last})")
             t = self._cache[tract_id] = self._make_tract(tract_id)
         return t
 

@@ -120,6 +120,11 @@ class MakeDiscreteSkyMapTask(CmdLineTask):
         old = self._existing()
         if old is not None and self.config.doAppend:
             base = old
+            for i, (r, d, rad) in enumerate(zip(old.raList, old.decList, old.radiusList)):
+                if max(abs(r - cra), abs(d - cdec), abs(rad - radius)) < 1e-9:
+                    # the same selection again: keep the tract instead of a duplicate
+                    skymap = DiscreteSkyMap(old)
+                    return skymap, skymap[i]
         cfg = DiscreteSkyMapConfig.model_validate(dict(
             base.model_dump(), raList=[*base.raList, cra], decList=[*base.decList, cdec],
             radiusList=[*base.radiusList, radius]))
@@ -219,7 +224,8 @@ class MakeSkyMapTask(CmdLineTask):
             if doc.get("config") != skymap_to_dict(skymap, self.config.name)["config"] \
                     or doc.get("kind") != skymap.kind:
                 raise UserError(f"{path}: the rerun already holds a different skymap "
-                                f"({doc.get('name', doc.get('kind'))}); use another --rerun")
+                                f"({doc.get('name', doc.get('kind'))}); use another "
+                                "--rerun")
 
     def run_unit(self, data_id):
         skymap = build_named_skymap(self.config)

@@ -228,7 +228,8 @@ class TractInfo:
         hi = np.ceil((clipped.max(axis=0) - [ox + grow, oy + grow]) / [wx, wy] + 1)
         out = []
         for py in range(max(int(lo[1]), 0), min(int(hi[1]), self.num_patches[1] - 1) + 1):
-            for px in range(max(int(lo[0]), 0), min(int(hi[0]), self.num_patches[0] - 1) + 1):
+            for px in range(max(int(lo[0]), 0),
+                            min(int(hi[0]), self.num_patches[0] - 1) + 1):
                 p = self.patch(px, py)
                 box = p.outer_bbox if outer else p.inner_bbox
                 c = clip_polygon_to_box(clipped, box.x0 - 0.5, box.y0 - 0.5,
