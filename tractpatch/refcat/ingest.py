@@ -238,8 +238,10 @@ def _epochs(table: Table, c: IngestRefCatConfig, source: str) -> np.ndarray:
         raw = np.full(n, c.epoch_value)
     else:
         return np.full(n, np.nan)
+    # catalogs hold few distinct epochs: convert those only (time-scale changes are slow)
+    values, inverse = np.unique(raw, return_inverse=True)
     try:
-        mjd = Time(raw, format=c.epoch_format, scale=c.epoch_scale).tai.mjd
+        mjd = Time(values, format=c.epoch_format, scale=c.epoch_scale).tai.mjd[inverse]
     except Exception as exc:
         raise UserError(f"{source}: epochs in {c.epoch_name or 'epoch_value'!r} are not "
                         f"valid {c.epoch_format!r} times ({exc}); set --config "

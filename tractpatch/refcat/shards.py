@@ -98,7 +98,11 @@ def write_shards(cat_dir: Path, table: Table, scheme: ShardScheme, header: dict,
 
 
 def write_shard(path: Path, table: Table, header: dict) -> None:
-    hdu = fits.BinTableHDU(table, name="REFCAT")
+    # from a structured array with TUNITn set by hand: ~2x faster than from a Table
+    hdu = fits.BinTableHDU(data=table.as_array(), name="REFCAT")
+    for i, c in enumerate(table.colnames, 1):
+        if table[c].unit is not None:
+            hdu.header[f"TUNIT{i}"] = table[c].unit.to_string("fits")
     for k, v in header.items():
         hdu.header[k] = v
     write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(), hdu]))
