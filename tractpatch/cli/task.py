@@ -12,7 +12,9 @@ root, rerun, registry URL and config), never from the parent's open connections.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -197,6 +199,9 @@ def run_one(ctx: TaskContext, task: "CmdLineTask", data_id: dict, retries: int,
                                message=msg)
             if doraise:
                 raise
+            if _is_disk_full(exc):
+                # every further unit would fail the same way: end the run, one line
+                raise UserError(disk_full_message(exc, data_id, task)) from None
             attempt += 1
             if attempt > retries:
                 task.log.debug("%s", traceback.format_exc())
@@ -205,6 +210,33 @@ def run_one(ctx: TaskContext, task: "CmdLineTask", data_id: dict, retries: int,
         if use_ledger:
             reg.ledger_set(task.name, rerun, data_id, "done")
         return UnitResult(data_id, "done", None, value)
+
+
+def ledger_fault(ctx: TaskContext, data_id: dict, message: str) -> None:
+    """Record a fault of one unit from outside its process (its worker died)."""
+    if not (ctx.task_cls.use_ledger and ctx.rerun):
+        return
+    Repository(ctx.root, registry_url=ctx.registry_url).registry.ledger_set(
+        ctx.task_cls.name, ctx.rerun, data_id, "pending", fault=True, message=message)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(exc: OSError, data_id: dict, task: "CmdLineTask") -> str:
+    """One line naming the file that could not be written and the remedy."""
+    name = exc.filename or exc.filename2
+    if name:
+        # atomic writes go through ".tmp-<name>.<random>": name the final file
+        name = re.sub(r"(^|/)\.tmp-(.+)\.[^./]+$", r"\1\2", str(name))
+    else:
+        name = f"the outputs of rerun {task.repo.rerun} ({task.repo.root / 'rerun'})"
+    ident = " ".join(f"{k}={v}" for k, v in data_id.items())
+    what = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+    return (f"{ident}: {what} writing {name}; free space on that filesystem (or raise "
+            "the quota) and run the same command again: units already done are kept, "
+            "no partial file was left under its final name")
 
 
 def save_config(repo: Repository, task_name: str, config: TaskConfig,

@@ -96,7 +96,9 @@ ledger = sa.Table(
     "ledger", metadata,
     sa.Column("task", sa.String(64), primary_key=True),
     sa.Column("rerun", sa.String(255), primary_key=True),
-    sa.Column("data_id", sa.String(255), primary_key=True),  # canonical JSON
+    # canonical JSON; Text, not String(255): PostgreSQL enforces lengths, and patch-level
+    # IDs with long field names exceed 255 characters
+    sa.Column("data_id", sa.Text, primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),  # pending | running | done
     sa.Column("faults", sa.Integer, nullable=False, default=0),
     sa.Column("quality", sa.Text),  # a data-quality flag: the unit is left out later
@@ -125,6 +127,19 @@ def canonical_data_id(data_id: dict) -> str:
     return json.dumps({k: data_id[k] for k in sorted(data_id)}, separators=(",", ":"))
 
 
+def _project(data_id: dict, keys) -> str:
+    """Canonical ID of ``data_id`` restricted to ``keys`` (all keys when None)."""
+    if keys is None:
+        return canonical_data_id(data_id)
+    return canonical_data_id({k: data_id[k] for k in keys if k in data_id})
+
+
+class UpstreamNotDone(RuntimeError):
+    """An input unit of an earlier stage is not done (pending, running, faulted or never
+    run). Not a UserError: the runner records the dependant unit as a fault, so a fault
+    upstream blocks the units that depend on it until it is resolved."""
+
+
 class Registry:
     """Access to the registry database.
 
@@ -147,7 +162,7 @@ class Registry:
             if url.startswith("sqlite"):
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             if create:
-                metadata.create_all(self.engine)
+                _create_tables(self.engine)
         except Exception as exc:
             raise UserError(f"registry {url}: cannot open ({exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]}); check --registry / repo.yaml") from None
@@ -163,22 +178,27 @@ class Registry:
     def add_exposure(self, row: dict) -> str:
         """Insert one CCD. Returns ``"added"``, ``"same"`` (already there from the same
         file) or raises UserError when another file already holds this visit/ccd."""
-        with self.engine.begin() as conn:
-            old = conn.execute(sa.select(exposure).where(
-                exposure.c.visit == row["visit"], exposure.c.ccd == row["ccd"])).first()
-            if old is not None:
-                old = old._mapping
-                if old["path"] == row["path"] and str(old["hdu"]) == str(row.get("hdu")):
-                    return "same"
-                raise UserError(
-                    f"{row['path']}: visit {row['visit']} ccd {row['ccd']} is already "
-                    f"ingested from {old['path']}; remove one of them or fix the visit "
-                    "number (e.g. --instrument with another visit keyword)")
-            try:
-                conn.execute(exposure.insert().values(ingested=time.time(), **row))
-            except IntegrityError:  # a concurrent ingest won the race
-                return "same"
-        return "added"
+        for _ in range(2):
+            with self.engine.begin() as conn:
+                old = conn.execute(sa.select(exposure).where(
+                    exposure.c.visit == row["visit"], exposure.c.ccd == row["ccd"])).first()
+                if old is not None:
+                    old = old._mapping
+                    if old["path"] == row["path"] and str(old["hdu"]) == str(row.get("hdu")):
+                        return "same"
+                    raise UserError(
+                        f"{row['path']}: visit {row['visit']} ccd {row['ccd']} is already "
+                        f"ingested from {old['path']}; remove one of them or fix the visit "
+                        "number (e.g. --instrument with another visit keyword)")
+                try:
+                    conn.execute(exposure.insert().values(ingested=time.time(), **row))
+                    return "added"
+                except IntegrityError:
+                    # a concurrent ingest won the race: compare with its row in a new
+                    # transaction (PostgreSQL aborts this one)
+                    pass
+        raise RuntimeError(f"{row['path']}: could not insert visit {row['visit']} "
+                           f"ccd {row['ccd']} (concurrent writers)")
 
     def exposures(self, specs: list[DataIdSpec] | None = None, **equal) -> list[dict]:
         """Exposure rows matching any of ``specs`` (union) and all ``equal`` terms."""
@@ -248,24 +268,26 @@ class Registry:
             values["finished"] = None
         else:
             values["finished"] = now
-        for _ in range(2):
+        where = (ledger.c.task == task, ledger.c.rerun == rerun_name,
+                 ledger.c.data_id == key)
+        for _ in range(3):
+            # update first, with the fault count incremented in SQL (a read-modify-write
+            # in Python loses the faults of concurrent writers); insert when no row
             with self.engine.begin() as conn:
-                r = conn.execute(sa.select(ledger.c.faults).where(
-                    ledger.c.task == task, ledger.c.rerun == rerun_name,
-                    ledger.c.data_id == key)).first()
-                if r is None:
-                    try:
-                        conn.execute(ledger.insert().values(
-                            task=task, rerun=rerun_name, data_id=key,
-                            faults=int(fault), **values))
-                        return
-                    except IntegrityError:
-                        continue  # inserted concurrently: update instead
-                faults = r[0] + int(fault)
-                conn.execute(ledger.update().where(
-                    ledger.c.task == task, ledger.c.rerun == rerun_name,
-                    ledger.c.data_id == key).values(faults=faults, **values))
+                n = conn.execute(ledger.update().where(*where).values(
+                    faults=ledger.c.faults + int(fault), **values)).rowcount
+                if n:
+                    return
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(ledger.insert().values(
+                        task=task, rerun=rerun_name, data_id=key, faults=int(fault),
+                        **values))
                 return
+            except IntegrityError:
+                continue  # inserted concurrently: update instead
+        raise RuntimeError(f"ledger {task} {rerun_name} {key}: could not record state "
+                           "(concurrent writers)")
 
     def ledger_rows(self, rerun_name: str, task: str | None = None) -> list[dict]:
         """All ledger rows of a rerun (optionally of one task)."""
@@ -278,6 +300,71 @@ class Registry:
         for r in rows:
             r["data_id"] = json.loads(r["data_id"])
         return rows
+
+    def _ledger_chain_rows(self, rerun_name: str, task: str) -> list[dict]:
+        """Ledger rows of ``task`` in ``rerun_name`` and its input reruns; a unit's row
+        in a nearer rerun hides the same unit's row in a farther one."""
+        seen: dict[str, dict] = {}
+        for name in self.rerun_chain(rerun_name):
+            for r in self.ledger_rows(name, task):
+                seen.setdefault(canonical_data_id(r["data_id"]), r)
+        return list(seen.values())
+
+    def done_units(self, rerun_name: str, task: str, keys=None,
+                   flagged: bool = False) -> set[str]:
+        """Canonical data IDs (:func:`canonical_data_id`) of the units of ``task`` that
+        are done in ``rerun_name`` or its input reruns.
+
+        Parameters
+        ----------
+        keys : sequence of str, optional
+            Project each data ID onto these keys first (e.g. ``("visit", "ccd")`` for a
+            CCD-level stage whose units also carry filter, pointing, field).
+        flagged : bool
+            Include units done with a quality flag (default: only clean ones).
+        """
+        return {_project(r["data_id"], keys)
+                for r in self._ledger_chain_rows(rerun_name, task)
+                if r["state"] == "done" and (flagged or r["quality"] is None)}
+
+    def flagged_units(self, rerun_name: str, task: str, keys=None) -> set[str]:
+        """Canonical data IDs of the units ``task`` flagged (done with a quality flag):
+        later stages leave them out. ``keys`` as in :meth:`done_units`."""
+        return {_project(r["data_id"], keys)
+                for r in self._ledger_chain_rows(rerun_name, task)
+                if r["state"] == "done" and r["quality"] is not None}
+
+    def unit_ok(self, rerun_name: str, task: str, data_id: dict) -> bool:
+        """Whether a later stage may use the output of ``task`` for ``data_id``.
+
+        Returns True when the unit is done and unflagged, False when it is done with a
+        quality flag (leave it out and go on). Raises :class:`UpstreamNotDone` (a fault:
+        the dependant is recorded as faulted and retried on the next run) when the unit
+        is pending, running, faulted or absent. ``data_id`` may hold a subset of the
+        unit's keys (``{"visit": 1, "ccd": 2}`` matches the detectSources unit with
+        filter, pointing and field); the rerun chain is searched nearest first.
+        """
+        rows = []
+        for name in self.rerun_chain(rerun_name):
+            row = self.ledger_get(task, name, data_id)
+            rows = [row] if row is not None else [
+                r for r in self.ledger_rows(name, task)
+                if all(r["data_id"].get(k) == v for k, v in data_id.items())]
+            if rows:
+                break
+        ident = " ".join(f"{k}={v}" for k, v in data_id.items())
+        if not rows:
+            raise UpstreamNotDone(f"{ident}: {task} has not run in rerun {rerun_name}; "
+                                  f"run {task} first")
+        if len(rows) > 1:
+            raise UserError(f"{ident}: matches {len(rows)} units of {task}; "
+                            "give all the keys of the unit")
+        row = rows[0]
+        if row["state"] != "done":
+            why = f" ({row['faults']} faults: {row['message']})" if row["faults"] else ""
+            raise UpstreamNotDone(f"{ident}: {task} is {row['state']}{why}; rerun "
+                                  f"{task} (showLedger.py ROOT --rerun {rerun_name})")
+        return row["quality"] is None
 
     # --- CCD summaries ------------------------------------------------------------
     def put_ccd_summary(self, rerun_name: str, visit: int, ccd: int, **values) -> None:
@@ -322,6 +409,20 @@ class Registry:
             q = q.where(patch.c.tract == tract_id)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _create_tables(engine) -> None:
+    """Create missing tables; tolerate another process creating them at the same time."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, IntegrityError):
+            # "table already exists" (SQLite) or a unique violation in pg_type
+            # (PostgreSQL) when two processes open a new registry at once
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
