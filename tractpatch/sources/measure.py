@@ -80,6 +80,51 @@ def half_light_radius(data, x, y, bad, rmax: float, segmap=None) -> np.ndarray:
     return np.asarray(r, dtype=np.float64)
 
 
+def adaptive_fwhm(data, bad, x, y, sigma0, n_iter: int = 12) -> np.ndarray:
+    """FWHM from adaptive (Gaussian-weighted, self-matched) second moments.
+
+    The weight's sigma is iterated to ``sigma_w^2 = 2 m``, with ``m`` the weighted
+    second moment per axis; for a Gaussian the fixed point is its sigma exactly, for a
+    Moffat-like PSF it follows the core (as the FWHM quoted by PSFEx or the LSST
+    pipelines does), unlike ``2 r50`` which the wings inflate by ~20%.
+
+    Parameters
+    ----------
+    data : ndarray
+        Background-subtracted image.
+    bad : ndarray of uint8
+        Masked pixels (ignored).
+    x, y : ndarray
+        Centroids.
+    sigma0 : ndarray
+        Starting weight sigma per source (pixels).
+    n_iter : int
+        Iterations (geometric convergence; 12 is ample from a 2x wrong start).
+
+    Returns
+    -------
+    ndarray
+        ``2.3548 sigma`` in pixels; NaN where the moments are not positive.
+    """
+    s = np.clip(np.where(np.isfinite(sigma0), sigma0, 1.0), 0.5, 15.0)
+    out = np.full(len(x), np.nan)
+    half = int(np.ceil(4 * min(15.0, 2 * np.max(s, initial=1.0))))
+    for sl in _blocks(len(x), half):
+        st = cut_stamps(x[sl], y[sl], half, data.shape)
+        r2 = st.dx ** 2 + st.dy ** 2
+        good = st.inside & (st.take(bad) == 0)
+        img = np.where(good, st.take(data), 0.0)
+        sw = s[sl].copy()
+        for _ in range(n_iter):
+            w = np.exp(-r2 / (2 * sw[:, None, None] ** 2))
+            wi = np.sum(w * img, axis=(1, 2))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m = np.sum(w * img * r2, axis=(1, 2)) / (2 * wi)
+            sw = np.clip(np.sqrt(np.where(m > 0, 2 * m, np.nan)), 0.3, 2 * half / 4)
+        out[sl] = FWHM_PER_SIGMA * sw
+    return out
+
+
 def windowed_centroids(data, var, bad, x, y, r50, gain=None, max_shift=None):
     """Windowed centroids and their errors.
 

@@ -24,7 +24,7 @@ from .background import estimate_background
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
 from .classify import aperture_correction, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
-from .measure import (aperture_fluxes, gaussian_psf_flux, half_light_radius,
+from .measure import (adaptive_fwhm, aperture_fluxes, gaussian_psf_flux, half_light_radius,
                       mask_flags, windowed_centroids)
 
 
@@ -144,7 +144,7 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                          2 * np.clip(2 * r50 / 2.35, 0.5, None) + 1)
     x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, r50, gain,
                                                max_shift)
-    fwhm = 2.0 * r50  # exact for a Gaussian profile
+    fwhm = adaptive_fwhm(data, bad8, x, y, r50 / 1.1774)
     aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
     f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
     f_max, e_max, _ = aps[rmax]
