@@ -189,7 +189,7 @@ class CalibrateCatalogTask(_CalibrateTask):
                                 source=str(src_path))
         extra = {k: v for k, v in calibration_header(cal).items() if k != "BUNIT"}
         extra["FLUXCAL"] = (bool(self.config.doApplyCalib), "nJy fluxes and AB mags added")
-        extra["SRCFILE"] = (_relative(self.repo, src_path), "input SRC catalog")
+        extra["SRCFILE"] = _relative(self.repo, src_path)  # no comment: may be long
         extra.update(self.provenance())
         hdu = src_hdu(out, replace_wcs_keywords(header, wcs), extra)
         path = self.repo.path("calsrc", **ids)
