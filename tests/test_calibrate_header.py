@@ -124,7 +124,8 @@ def test_decam_survey_ccds_zero_points(decam, run):
     for row in rows:
         (t,) = [r for r in ccds if r["expnum"] == row["visit"]
                 and r["ccdname"].strip() == row["ccdname"]]
-        zpt_exp = float(t["ccdzpt"]) + 2.5 * np.log10(float(t["exptime"]))  # legacypipe's convention
+        # legacypipe's convention: ccdzpt is for 1 count per second
+        zpt_exp = float(t["ccdzpt"]) + 2.5 * np.log10(float(t["exptime"]))
         calib = 10 ** (-0.4 * (zpt_exp - 31.4))
         path = _calexp(repo, row)
         h = fits.getheader(path, 0)
