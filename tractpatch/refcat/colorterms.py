@@ -7,7 +7,8 @@ pattern (``"ps1*"``) against the catalog's ``photometric_system`` (default its n
 
 Shipped: HSC from PS1 and from SDSS, the values of obs_subaru's ``config/colorterms.py``
 (hscPipe/LSST, "ps1*" and "sdss*" dictionaries, HSC-G..HSC-Y, HSC-R2, HSC-I2 and the
-narrow bands); CFHT MegaCam from PS1 (obs_cfht, instrument ``megacam``). More terms can be added without code in ``ROOT/ref_cats/colorterms.yaml``::
+narrow bands); CFHT MegaCam from PS1 (obs_cfht, instrument ``megacam``). More terms
+can be added without code in ``ROOT/ref_cats/colorterms.yaml``::
 
     hsc:                      # instrument name
       ps1*:                   # photometric-system pattern
@@ -141,8 +142,10 @@ def load_library(root=None) -> dict:
                     lib.setdefault(str(inst).lower(), {}).setdefault(str(pat), {})[
                         str(filt)] = Colorterm(**spec)
     except (yaml.YAMLError, TypeError, AttributeError) as exc:
+        from .ingest import _one_line
+
         raise UserError(f"{path}: not a colour-term file (instrument: pattern: filter: "
-                        f"{{primary, secondary, c0, c1, c2}}): {exc}") from None
+                        f"{{primary, secondary, c0, c1, c2}}): {_one_line(exc)}") from None
     return lib
 
 

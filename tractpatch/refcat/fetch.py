@@ -36,8 +36,8 @@ from astropy.table import Table
 
 from ..errors import UserError
 from .config import IngestRefCatConfig
-from .ingest import (catalog_info, catalog_summary, convert_table, merge_summaries,
-                     shard_header)
+from .ingest import (_one_line, catalog_info, catalog_summary, convert_table,
+                     merge_summaries, shard_header)
 from .loader import angular_separation
 from .shards import (ShardScheme, catalog_dir, read_catalog_config, write_catalog_config,
                      write_shards)
@@ -232,7 +232,8 @@ def check_reachable(service: Service, timeout: float) -> None:
             pass
     except OSError as exc:
         raise UserError(f"cannot reach {service.host}:{service.port} for {service.name} "
-                        f"({exc.__class__.__name__}: {exc}); {NO_NETWORK_HINT}") from None
+                        f"({exc.__class__.__name__}: {_one_line(exc)}); "
+                        f"{NO_NETWORK_HINT}") from None
 
 
 # --- the fetch --------------------------------------------------------------------------
@@ -299,7 +300,7 @@ def fetch_catalog(root, name: str, ra: float, dec: float, radius: float,
             log.debug("query of tile %d failed", tile, exc_info=True)
             raise UserError(
                 f"{name}: query of tile {tile} failed ({exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); {k} of {len(todo)} new "
+                f"{_one_line(exc)}); {k} of {len(todo)} new "
                 "tiles were fetched and kept: run the same command again to resume; "
                 f"{NO_NETWORK_HINT}") from None
         stars = _tile_stars(raw, service, config, tile, tile_nside)

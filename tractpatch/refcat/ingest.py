@@ -86,11 +86,18 @@ def read_input_table(path) -> Table:
     except UserError:
         raise
     except ImportError as exc:
-        raise UserError(f"{path}: cannot read Parquet ({exc}); install pyarrow") from None
+        raise UserError(f"{path}: cannot read Parquet ({_one_line(exc)}); install pyarrow "
+                        "into the environment") from None
     except Exception as exc:  # astropy raises many types for unreadable files
         raise UserError(f"{path}: cannot read the table ({exc.__class__.__name__}: "
-                        f"{exc}); give a FITS, CSV or Parquet table") from None
+                        f"{_one_line(exc)}); give a FITS, CSV or Parquet table") from None
     raise UserError(f"{path}: unknown table format; give a .fits, .csv or .parquet file")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message (astropy's span lines)."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    return lines[-1] if lines else exc.__class__.__name__
 
 
 def _read_parquet(path: Path) -> Table:
@@ -244,7 +251,7 @@ def _epochs(table: Table, c: IngestRefCatConfig, source: str) -> np.ndarray:
         mjd = Time(values, format=c.epoch_format, scale=c.epoch_scale).tai.mjd[inverse]
     except Exception as exc:
         raise UserError(f"{source}: epochs in {c.epoch_name or 'epoch_value'!r} are not "
-                        f"valid {c.epoch_format!r} times ({exc}); set --config "
+                        f"valid {c.epoch_format!r} times ({_one_line(exc)}); set --config "
                         "epoch_format=jyear|decimalyear|mjd|jd|isot") from None
     return np.asarray(mjd, dtype=float)
 
