@@ -91,15 +91,15 @@ def write_src(path, visit, ccd, rng):
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
 
 
-def write_fit(repo, fit, tract, visit, ccd, wcs, calib):
+def write_fit(repo, fit, tract, visit, ccd, wcs, calib, size=(NX, NY)):
     """Result files in the jointcal format (interfaces.md, Calibrations)."""
     h = wcs_to_header(wcs)
-    h["NAXIS1"], h["NAXIS2"] = NX, NY
+    # header-only primary HDU; the CCD size in IMAGEW/IMAGEH as jointcal writes it (a
+    # data-less HDU may not carry NAXIS1/2)
+    h["IMAGEW"], h["IMAGEH"] = size
     p = repo.path(f"{fit}_wcs", tract=tract, visit=visit, ccd=ccd)
     p.parent.mkdir(parents=True, exist_ok=True)
-    # header-only primary HDU with NAXIS1/2 = CCD size, as the contract says (astropy
-    # calls NAXISj with NAXIS = 0 non-standard, hence output_verify="ignore")
-    fits.PrimaryHDU(header=h).writeto(p, output_verify="ignore")
+    fits.PrimaryHDU(header=h).writeto(p)
     calib.write(repo.path(f"{fit}_photoCalib", tract=tract, visit=visit, ccd=ccd))
 
 
@@ -255,3 +255,15 @@ def test_no_results_at_all_is_one_line_error(repo_root, run):
             "--no-progress", check=2)
     assert len(p.stderr.strip().splitlines()) == 1
     assert "no jointcal or mosaic results" in p.stderr and "tract" in p.stderr
+
+
+def test_wcs_of_another_ccd_size_is_refused(repo_root, run):
+    repo = Repository(repo_root, rerun="fit3")
+    write_fit(repo, "jointcal", 0, 100, 0, fitted_wcs(100, 0), photo_calib(100, 0),
+              size=(NX * 2, NY))
+    p = run("calibrateExposure.py", repo_root, "--rerun", "fit3:calexp3", "--id", "tract=0",
+            "visit=100", "ccd=0", "--config", "calibSource=jointcal", "--no-progress",
+            check=0)
+    skip = [ln for ln in p.stderr.splitlines() if "skipped" in ln]
+    assert len(skip) == 1 and f"WCS is for a {2 * NX}x{NY} CCD" in skip[0]
+    assert not _files(repo_root, "fit3:calexp3", "calexp", 100, 0).exists()

@@ -150,10 +150,13 @@ def read_fitted_wcs(path) -> WCS:
         wcs = read_wcs(header, source=str(path))
     except UserError as exc:
         raise DataQualityError(str(exc)) from None
-    # A header-only file has NAXIS = 0: the CCD size is in NAXIS1/NAXIS2 (contract).
-    nx, ny = header.get("NAXIS1"), header.get("NAXIS2")
-    if nx and ny:
-        wcs.pixel_shape = (int(nx), int(ny))
+    # A header-only file has NAXIS = 0, so the CCD size is in IMAGEW/IMAGEH
+    # (astrometry.net's convention, what jointcal writes) or non-standard NAXIS1/NAXIS2.
+    for kx, ky in (("IMAGEW", "IMAGEH"), ("NAXIS1", "NAXIS2")):
+        nx, ny = header.get(kx), header.get(ky)
+        if nx and ny:
+            wcs.pixel_shape = (int(nx), int(ny))
+            break
     return wcs
 
 
