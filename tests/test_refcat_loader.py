@@ -56,7 +56,8 @@ def field(tmp_path_factory):
 
 
 @pytest.mark.parametrize("ra0,dec0,radius", [(0.0, 30.0, 2.5), (359.2, 28.5, 1.3),
-                                              (1.7, 31.6, 2.0), (358.0, 30.0, 0.1)])
+                                              (1.7, 31.6, 2.0), (358.0, 30.0, 0.1),
+                                              (-0.5, 30.0, 1.0)])
 def test_cone_equals_brute_force(field, ra0, dec0, radius):
     root, t = field
     scheme = ShardScheme(32)

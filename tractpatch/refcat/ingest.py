@@ -119,9 +119,20 @@ def _col(table: Table, name: str, key: str, source: str) -> np.ndarray:
     return np.asarray(data, dtype=float)
 
 
-def _unit_of(table: Table, name: str, default: str) -> u.Unit:
+def _unit_of(table: Table, name: str, default: str) -> u.UnitBase:
+    """The column's unit when it is set and of the expected kind, else ``default``."""
+    default = u.Unit(default)
     unit = table[name].unit
-    return u.Unit(unit) if unit not in (None, "") else u.Unit(default)
+    if unit in (None, ""):
+        return default
+    try:
+        unit = u.Unit(unit)
+        unit.to(default)
+    except (ValueError, TypeError, u.UnitsError):
+        log.warning("column %r: unit %r is not convertible to %s; using %s", name,
+                    str(table[name].unit), default, default)
+        return default
+    return unit
 
 
 # --- conversion --------------------------------------------------------------------
@@ -177,11 +188,9 @@ def _convert_mapped(table: Table, c: IngestRefCatConfig, source: str) -> Table:
         t.meta["has_ids"] = True
     ra = _col(table, c.ra_name, "ra_name", source)
     dec = _col(table, c.dec_name, "dec_name", source)
-    cu = u.Unit(c.coord_unit)
-    t["coord_ra"] = (ra * _unit_of(table, c.ra_name, c.coord_unit)).to_value(u.rad) \
-        if table[c.ra_name].unit else (ra * cu).to_value(u.rad)
-    t["coord_dec"] = (dec * _unit_of(table, c.dec_name, c.coord_unit)).to_value(u.rad) \
-        if table[c.dec_name].unit else (dec * cu).to_value(u.rad)
+    # a unit in the column metadata wins over coord_unit (FITS tables carry one)
+    t["coord_ra"] = (ra * _unit_of(table, c.ra_name, c.coord_unit)).to_value(u.rad)
+    t["coord_dec"] = (dec * _unit_of(table, c.dec_name, c.coord_unit)).to_value(u.rad)
     t["coord_ra"] = np.mod(t["coord_ra"], 2 * np.pi)
     if np.any(np.abs(t["coord_dec"]) > np.pi / 2 + 1e-12):
         raise UserError(f"{source}: declinations beyond +-90 deg in {c.dec_name!r}; check "
