@@ -27,8 +27,9 @@ VISITS = (10, 11, 12, 13)
 CCDS = (0, 1)
 
 
-def make_repo(root: Path, visits=VISITS, ccds=CCDS) -> Path:
-    """A repository with one 20x20 CCD per (visit, ccd), ingested with 'generic'."""
+def make_repo(root: Path, visits=VISITS, ccds=CCDS, registry_url=None) -> Path:
+    """A repository with one 20x20 CCD per (visit, ccd), ingested with 'generic';
+    the registry at ``registry_url`` (recorded in ROOT/repo.yaml) when given."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [10.0, 20.0]
@@ -42,6 +43,9 @@ def make_repo(root: Path, visits=VISITS, ccds=CCDS) -> Path:
             h["EXPNUM"], h["CCDNUM"], h["FILTER"] = visit, ccd, "r"
             fits.PrimaryHDU(np.zeros((20, 20), np.float32), h).writeto(
                 root / "in" / f"v{visit}c{ccd}.fits")
+    if registry_url:
+        (root / "repo").mkdir()
+        (root / "repo" / "repo.yaml").write_text(f"registry: {registry_url}\n")
     ingest_files(Repository(root / "repo", create=True), [root / "in"],
                  load_instrument("generic"), progress=False)
     return root / "repo"
@@ -94,8 +98,8 @@ def repo(tmp_path_factory):
 
 
 # --- ledger semantics (registry helpers) ------------------------------------------------
-def test_flagged_done_and_unit_ok_across_a_rerun_chain(tmp_path):
-    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+def check_ledger_semantics(reg: Registry) -> None:
+    """Flags, faults and the helpers later stages call (also run on PostgreSQL)."""
     reg.add_rerun("det", None)
     reg.add_rerun("cal", "det")
     unit = lambda v, c: {"visit": v, "ccd": c, "filter": "r", "pointing": 0}  # noqa: E731
@@ -126,10 +130,7 @@ def test_flagged_done_and_unit_ok_across_a_rerun_chain(tmp_path):
     reg.ledger_set("detectSources", "cal", unit(1, 1), "done")
     assert reg.unit_ok("cal", "detectSources", {"visit": 1, "ccd": 1}) is True
     assert reg.flagged_units("cal", "detectSources") == set()
-
-
-def test_fault_counts_accumulate_and_done_keeps_them(tmp_path):
-    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    # fault counts accumulate; done keeps them
     d = {"visit": 5, "ccd": 2}
     for _ in range(3):
         reg.ledger_set("t", "r", d, "running")
@@ -138,6 +139,10 @@ def test_fault_counts_accumulate_and_done_keeps_them(tmp_path):
     row = reg.ledger_get("t", "r", d)
     assert (row["state"], row["faults"], row["quality"]) == ("done", 3, None)
     assert row["host"] and row["pid"] == os.getpid() and row["finished"] >= row["started"]
+
+
+def test_ledger_semantics_sqlite(tmp_path):
+    check_ledger_semantics(Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"))
 
 
 # --- resume after SIGKILL ---------------------------------------------------------------

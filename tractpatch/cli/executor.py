@@ -62,9 +62,18 @@ def run_units(ctx, units: list[dict], processes: int = 1, cluster: str | None = 
     results: list = [None] * len(units)
     try:
         if cluster:
+            import dask
             from distributed import Client
 
-            with Client(cluster, timeout="30s") as client:
+            timeout = dask.config.get("distributed.comm.timeouts.connect", "30s")
+            try:
+                client = Client(cluster, timeout=timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise UserError(
+                    f"--cluster {cluster}: cannot connect to a Dask scheduler there "
+                    f"({str(exc).splitlines()[0]}); start one (`dask scheduler`, "
+                    "dask-jobqueue) or check the address") from None
+            with client:
                 futs = client.map(_run_on_dask, [ctx] * len(units), units,
                                   [retries] * len(units), [clobber] * len(units),
                                   pure=False)
