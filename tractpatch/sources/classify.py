@@ -10,6 +10,9 @@
   point source after aperture correction, below 1 for an extended one, about 2 for a
   cosmic ray) lies within ``tolerance + nsigma * sigma_c`` of 1 — like LSST's
   extendedness from the PSF/model flux ratio, so faint unresolved sources stay stars.
+  Cosmic-ray tracks can mimic that ratio, so a star must also not be much sharper than
+  the locus (``fwhm > min_size x locus``) nor much more elongated than the locus stars
+  (``a/b < median_locus(a/b) + 0.5 + 5/snr``).
 """
 from __future__ import annotations
 
@@ -85,8 +88,22 @@ def aperture_correction(flux_ap_max: np.ndarray, flux_gauss: np.ndarray,
 
 
 def is_star(flux_psf, flux_psf_err, flux_ap, flux_ap_err, tolerance: float = 0.05,
-            nsigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+            nsigma: float = 3.0, fwhm=None, locus_fwhm: float | None = None,
+            min_size: float = 0.7, elongation=None,
+            locus_elongation: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Star/galaxy split from the concentration ``flux_psf / flux_ap``.
+
+    Parameters
+    ----------
+    flux_psf, flux_psf_err, flux_ap, flux_ap_err : ndarray
+        Aperture-corrected PSF flux and the largest aperture flux, with errors.
+    tolerance, nsigma : float
+        A star has ``|c - 1| < tolerance + nsigma * sigma_c``.
+    fwhm, locus_fwhm, min_size : optional
+        When given, a star also has ``fwhm > min_size * locus_fwhm``.
+    elongation, locus_elongation : optional
+        When given (``a/b`` and its locus median), a star also has
+        ``elongation < locus_elongation + 0.5 + 5 / snr``.
 
     Returns
     -------
@@ -98,4 +115,11 @@ def is_star(flux_psf, flux_psf_err, flux_ap, flux_ap_err, tolerance: float = 0.0
         sc = np.abs(c) * np.sqrt((flux_psf_err / flux_psf) ** 2
                                  + (flux_ap_err / flux_ap) ** 2)
     star = np.isfinite(c) & (flux_ap > 0) & (np.abs(c - 1) < tolerance + nsigma * sc)
+    if fwhm is not None and locus_fwhm is not None and np.isfinite(locus_fwhm):
+        star &= np.asarray(fwhm) > min_size * locus_fwhm
+    if elongation is not None and locus_elongation is not None \
+            and np.isfinite(locus_elongation):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.abs(flux_psf / flux_psf_err)
+        star &= np.asarray(elongation) < locus_elongation + 0.5 + 5.0 / snr
     return star, c

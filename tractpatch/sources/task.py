@@ -61,6 +61,8 @@ class DetectSourcesConfig(TaskConfig):
     star_tolerance: float = Field(0.05, ge=0, description="allowed |flux_psf/flux_ap_max"
                                   " - 1| of a star, added to nsigma times its error")
     star_nsigma: float = Field(3.0, ge=0, description="error multiple in the star test")
+    star_min_size: float = Field(0.7, ge=0, description="a star's FWHM exceeds this "
+                                 "fraction of the PSF FWHM (cosmic rays are sharper)")
     default_fwhm: float = Field(4.0, gt=0, description="PSF FWHM (pixels) used when a "
                                 "CCD has no star for the locus")
     use_gain: bool = Field(True, description="add source Poisson noise to the errors "
@@ -163,8 +165,12 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     apcorr, n_ap = aperture_correction(f_max, g_flux, locus.members)
     flux_psf = g_flux * apcorr
     flux_psf_err = g_err * apcorr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        elong = np.asarray(objs["a"], float) / np.asarray(objs["b"], float)
+    locus_elong = float(np.median(elong[locus.members])) if locus.members.any() else None
     star, _ = is_star(flux_psf, flux_psf_err, f_max, e_max, config.star_tolerance,
-                      config.star_nsigma)
+                      config.star_nsigma, fwhm, psf_fwhm, config.star_min_size, elong,
+                      locus_elong)
     flags = _flags(satmask, mp, x, y, config.flag_radius_fwhm * psf_fwhm, blended)
 
     with np.errstate(divide="ignore", invalid="ignore"):
