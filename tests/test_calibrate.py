@@ -19,6 +19,7 @@ from tractpatch.repo import Repository
 
 NX, NY = 64, 48
 CCDS = [(100, 0), (100, 1), (101, 0)]  # (visit, ccd)
+MAGZP = {100: 25.0, 101: 26.5}  # header zero points (AB mag of 1 count)
 
 
 def header_wcs(visit, ccd) -> WCS:
@@ -50,7 +51,7 @@ def photo_calib(visit, ccd) -> PhotoCalib:
 
 def write_ccd(path, visit, ccd, rng):
     h = wcs_to_header(header_wcs(visit, ccd))
-    h.update(EXPNUM=visit, CCDNUM=ccd, FILTER="r", EXPTIME=30.0,
+    h.update(EXPNUM=visit, CCDNUM=ccd, FILTER="r", EXPTIME=30.0, MAGZP=MAGZP[visit],
              OBJECT="TESTFIELD")
     h["MJD-OBS"] = 56000.5 + visit
     image = rng.normal(100.0, 5.0, (NY, NX)).astype(np.float32)
@@ -267,3 +268,29 @@ def test_wcs_of_another_ccd_size_is_refused(repo_root, run):
     skip = [ln for ln in p.stderr.splitlines() if "skipped" in ln]
     assert len(skip) == 1 and f"WCS is for a {2 * NX}x{NY} CCD" in skip[0]
     assert not _files(repo_root, "fit3:calexp3", "calexp", 100, 0).exists()
+
+
+def test_header_source_for_catalog_and_exposure(repo_root, run):
+    """calibSource=header: header WCS kept, zero point from MAGZP, tract 0 by default."""
+    run("calibrateCatalog.py", repo_root, "--rerun", "fit:hdr", "--config",
+        "calibSource=header", "--no-progress", check=0)
+    run("calibrateExposure.py", repo_root, "--rerun", "fit:hdr", "--config",
+        "calibSource=header", "--id", "visit=101", "--no-progress", check=0)
+    repo = Repository(repo_root, rerun="fit")
+    for visit, ccd in CCDS:
+        src = Table.read(repo.find("src", pointing=0, filter="r", visit=visit, ccd=ccd))
+        cal = Table.read(_files(repo_root, "fit:hdr", "calsrc", visit, ccd))
+        calib = 10 ** (-0.4 * (MAGZP[visit] - 31.4))
+        np.testing.assert_allclose(cal["flux_psf_njy"], src["flux_psf"] * calib, rtol=1e-12)
+        ra, dec = header_wcs(visit, ccd).all_pix2world(src["x"], src["y"], 0)
+        assert np.max(np.abs(cal["ra"] - ra)) * 3600 < 1e-6
+        assert np.max(np.abs(cal["dec"] - dec)) * 3600 < 1e-6
+        h = fits.getheader(_files(repo_root, "fit:hdr", "calsrc", visit, ccd), "SOURCES")
+        assert h["CALIBSRC"] == "header" and h["MAGZP"] == pytest.approx(MAGZP[visit])
+    out = read_exposure(_files(repo_root, "fit:hdr", "calexp", 101, 0))
+    inp = read_exposure(Repository(repo_root).exposure_path(
+        Repository(repo_root).registry.exposure(101, 0)))
+    np.testing.assert_allclose(out.image, inp.image * 10 ** (-0.4 * (26.5 - 31.4)),
+                               rtol=2e-7)
+    assert out.wcs.wcs.ctype[0] == "RA---TAN"
+    np.testing.assert_allclose(out.wcs.wcs.crval, header_wcs(101, 0).wcs.crval)
