@@ -288,3 +288,11 @@ def test_refcat_ingested_with_truth_fluxes_and_motions(demo):
     assert np.median(ratio) == pytest.approx(1.0, abs=0.003)
     pull = (np.asarray(ref["flux"]) - truth_flux) / np.asarray(ref["flux_err"])
     assert np.std(pull) < 2.0
+
+
+def test_other_simulation_into_same_root_refused(demo):
+    from tractpatch.errors import UserError
+
+    with pytest.raises(UserError, match="another simulation"):
+        make_demo_repo(demo.root, preset="tiny", seed=2, ingest=False)
+    assert load_truth(demo.root).seed == 1

@@ -104,7 +104,22 @@ def ingest_refcat(root: Path, path: Path) -> int:
         epoch_name="epoch", epoch_format="jyear",
         # PS1-like photometry: the instrument's PS1 colour terms apply
         photometric_system="ps1")
-    return int(ingest_catalog(root, [path], REFCAT_NAME, cfg))
+    # the simulator owns ref_cats/sim: regenerating the same survey replaces it
+    return int(ingest_catalog(root, [path], REFCAT_NAME, cfg, overwrite=True))
+
+
+def check_same_simulation(sim_dir: Path, truth: SimTruth) -> None:
+    """Refuse to overwrite a different simulation: the registry would keep its rows."""
+    import yaml
+
+    model = Path(sim_dir) / "truth" / "model.yaml"
+    if not model.exists():
+        return
+    old = yaml.safe_load(model.read_text()) or {}
+    if old != yaml.safe_load(yaml.safe_dump(truth.to_dict(), sort_keys=False)):
+        raise UserError(f"{model.parent.parent.parent}: already holds another simulation "
+                        f"(preset {old.get('preset')!r}, seed {old.get('seed')}); use a "
+                        "new ROOT (the same preset, seed and config regenerate it)")
 
 
 def make_demo_repo(root, preset: str = "tiny", seed: int = 1, ingest: bool = True,
@@ -140,6 +155,7 @@ def make_demo_repo(root, preset: str = "tiny", seed: int = 1, ingest: bool = Tru
     root = Path(root).resolve()
     sim_dir = root / "sim"
     truth = build_truth(config, seed, preset, catalog_only=catalog_only)
+    check_same_simulation(sim_dir, truth)
     truth.write(sim_dir / "truth")
     out = DemoRepo(root=root, sim_dir=sim_dir, truth=truth, config=config)
     out.refcat_path = sim_dir / "refcat.fits"
