@@ -47,6 +47,19 @@ def ccd_hdus(hdul, instrument: Instrument) -> list[int]:
     return [0] if 0 in images else images
 
 
+def _number(value, kind, what: str, src: str):
+    """``kind(value)`` (int or float), or a UserError naming the file and the keyword."""
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{src}: {what} {value!r} in the header is not a number; fix the "
+                        "header or use an --instrument with the right keywords") from None
+    if isinstance(out, float) and not np.isfinite(out):
+        raise UserError(f"{src}: {what} {value!r} in the header is not finite; fix the "
+                        "header")
+    return out
+
+
 def exposure_row(path: Path, hdul, index: int, instrument: Instrument) -> dict:
     """The registry row of the CCD in HDU ``index`` of an open file."""
     hdu = hdul[index]
@@ -83,7 +96,7 @@ def exposure_row(path: Path, hdul, index: int, instrument: Instrument) -> dict:
                         "add it to the instrument YAML")
     exptime = look("exptime")
     if exptime is not None:
-        exptime = float(exptime)
+        exptime = _number(exptime, float, "exposure time", src)
         if not exptime > 0:
             raise UserError(f"{src}: exposure time is {exptime}; a science exposure "
                             "needs EXPTIME > 0 (fix the header or leave the file out)")
@@ -101,11 +114,15 @@ def exposure_row(path: Path, hdul, index: int, instrument: Instrument) -> dict:
         raise UserError(f"{src}: visit {visit!r} / ccd {ccd!r} are not integers; "
                         "use an --instrument whose keywords give numbers") from None
     pointing = look("pointing")
+    if pointing is not None:
+        pointing = _number(pointing, int, "pointing", src)
+    if mjd is not None:
+        mjd = _number(mjd, float, "MJD", src)
     row = dict(
         instrument=instrument.name, visit=visit, ccd=ccd,
         ccdname=str(ccdname).strip() if ccdname is not None else None,
         filter=filt, field=str(look("field") or "default").strip(),
-        pointing=int(pointing) if pointing is not None else 0,
+        pointing=pointing if pointing is not None else 0,
         dateObs=(str(date_obs)[:10] if date_obs else None),
         mjd=float(mjd) if mjd is not None else None, expTime=exptime,
         hdu=str(index), nx=int(nx), ny=int(ny),
