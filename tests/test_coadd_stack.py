@@ -35,10 +35,17 @@ def test_hand_values_mean_median_meanclip():
     # MEANCLIP: median 2.5, MAD 1.0 -> sigma hypot(1.4826, 0.3*2.5) = 1.66,
     # |10-2.5| > 3 sigma: clipped;
     # then mean of (1,2,3) = 2, sigma hypot(0.816, 0.6): nothing more clipped
-    r = stack_arrays(imgs, var, msk, w, e, mp, statistic="MEANCLIP")
+    r = stack_arrays(imgs, var, msk, w, e, mp, statistic="MEANCLIP", ampfrac=0.3)
     assert np.allclose(r.image, 2.0)
     assert np.all(r.nimage == 3) and np.allclose(r.exptime, 60.0)
     assert np.all(r.mask & mp.bitmask("CLIPPED"))
+    # with the default ampfrac 1.0 the tolerance is hypot(1.48, 2.5) * 3 = 8.7 > 7.5:
+    # a factor-4 difference at a bright level (a star core in better seeing) is kept
+    r = stack_arrays(imgs, var, msk, w, e, mp, statistic="MEANCLIP")
+    assert np.allclose(r.image, 4.0) and np.all(r.nimage == 4)
+    # ... but a 10 on a level near 0 (an artefact on sky) is clipped
+    r = stack_arrays(_cube([0.1, -0.2, 0.0, 10.0]), var, msk, w, e, mp)
+    assert np.allclose(r.image, -0.1 / 3) and np.all(r.nimage == 3)
     # weighted mean: weights 1,1,2,0.5
     r = stack_arrays(imgs, var, msk, [1, 1, 2, 0.5], e, mp, statistic="MEAN")
     assert np.allclose(r.image, (1 + 2 + 6 + 5) / 4.5)

@@ -62,10 +62,33 @@ class CoaddResult:
     rows_per_band: int = 0
 
 
+def subtract_background(exposure: Exposure, config: CoaddDriverConfig) -> Exposure:
+    """A copy of ``exposure`` with its sky background (sep mesh + median filter) removed.
+
+    Calibrated CCDs still hold the sky; visits with different sky levels would otherwise
+    differ by far more than their noise and be clipped against each other.
+    """
+    import sep
+
+    img = np.ascontiguousarray(exposure.image, dtype=np.float32)
+    bad = ((exposure.mask & exposure.mask_planes.bitmask(*config.badMaskPlanes)) != 0) | \
+        ~np.isfinite(img)
+    size = min(config.backgroundMeshSize, *img.shape)
+    bkg = sep.Background(np.where(bad, 0, img).astype(np.float32), mask=bad, bw=size,
+                         bh=size, fw=config.backgroundFilterSize,
+                         fh=config.backgroundFilterSize)
+    return Exposure(image=img - bkg.back(), mask=exposure.mask,
+                    variance=exposure.variance, wcs=exposure.wcs,
+                    photo_calib=exposure.photo_calib, info=exposure.info,
+                    mask_planes=exposure.mask_planes, header=exposure.header)
+
+
 def warp_to_disk(exposure: Exposure, wcs: WCS, shape, config: CoaddDriverConfig,
                  workdir: Path) -> CcdWarp | None:
     """Warp one calibrated CCD (nJy pixels) onto the patch, scaled to the zero point,
     and store it; None when it does not overlap the patch or has no good pixel there."""
+    if config.doSubtractBackground:
+        exposure = subtract_background(exposure, config)
     w = warp_exposure(exposure, wcs, shape, kernel=config.warpingKernel,
                       method=config.warpingMethod, interp_length=config.interpLength,
                       max_error=config.maxTransformError,

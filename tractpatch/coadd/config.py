@@ -29,13 +29,21 @@ class CoaddDriverConfig(TaskConfig):
     statistic: Literal["MEANCLIP", "MEAN", "MEDIAN"] = Field(
         "MEANCLIP", description="stacking statistic")
     sigmaClip: float = Field(3.0, gt=0, description="MEANCLIP clipping threshold (sigma)")
-    clipAmpFrac: float = Field(0.3, ge=0, description="MEANCLIP: fraction of the pixel "
-                               "level added in quadrature to the clipping sigma (SWarp "
-                               "CLIP_AMPFRAC) so seeing differences are not clipped")
+    clipAmpFrac: float = Field(1.0, ge=0, description="MEANCLIP: fraction of the pixel "
+                               "level added in quadrature to the clipping sigma (as SWarp's "
+                               "CLIP_AMPFRAC, default there 0.3) so that star cores of the "
+                               "best-seeing visits are not clipped: 1.0 tolerates seeing "
+                               "ratios up to ~2 between visits; artefacts on sky are still "
+                               "clipped at sigmaClip")
     clipIter: int = Field(2, ge=1, description="MEANCLIP clipping passes")
     maskPropagationThresholds: dict[str, float] = Field(
         {"SAT": 0.1}, description="plane: minimum fraction of the covering weight flagged "
         "for the plane to be set in the coadd")
+    doSubtractBackground: bool = Field(True, description="subtract each CALEXP's sky "
+                                       "background (sep, as SExtractor/SWarp) before warping")
+    backgroundMeshSize: int = Field(128, ge=8, description="background mesh size (pixels)")
+    backgroundFilterSize: int = Field(3, ge=1, description="median filter of the background "
+                                      "meshes")
     zeroPoint: float = Field(27.0, description="AB zero point of the coadd pixel values")
     maxStackMemoryMB: float = Field(400.0, gt=0, description="memory for one subregion's "
                                     "stack of inputs; sets the subregion height")

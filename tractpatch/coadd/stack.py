@@ -180,7 +180,7 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
 
 def stack_arrays(images, variances, masks, weights, exptimes, mask_planes,
                  statistic: str = "MEANCLIP", nsigma: float = 3.0, niter: int = 2,
-                 ampfrac: float = 0.3,
+                 ampfrac: float = 1.0,
                  bad_planes=("BAD", "SAT", "CR", "NO_DATA", "EDGE", "SUSPECT"),
                  thresholds: dict | None = None) -> StackResult:
     """Stack aligned inputs of shape (k, ny, nx) into one region.
