@@ -132,8 +132,8 @@ def write_catalogs(root, truth, config, seed, rerun="sim", progress=False) -> li
     half_diag = 0.5 * np.hypot(cam.nx, cam.ny) + 2
     paths = []
     units = [(v, c) for v in truth.visits for c in truth.ccds]
-    bar = tqdm(total=len(units), desc="catalogs", unit="ccd", disable=not progress,
-               leave=False)
+    bar = tqdm(total=len(units), desc="catalogs", unit="ccd",
+               disable=None if progress else True, leave=False)
     for visit in truth.visits:
         v = truth.visit(visit)
         ra, dec = truth.object_positions(visit)

@@ -22,7 +22,6 @@ def make_visits(config: SimConfig, camera: cam.Camera, seed: int, n_fields: int,
     cosd = np.cos(np.radians(config.dec))
     out = {}
     k = 0
-    night = 0
     for fi, filt in enumerate(config.filters):
         for field in range(n_fields):
             fra = config.ra + field * config.field_step_arcsec / 3600.0 / cosd
@@ -57,7 +56,6 @@ def make_visits(config: SimConfig, camera: cam.Camera, seed: int, n_fields: int,
                     trail=None,
                 )
                 k += 1
-        night += 1
     if config.satellite_trail and len(out) > 1:
         v = sorted(out)[1]
         trng = seeded(seed, 3)

@@ -69,7 +69,7 @@ def render_all(truth: SimTruth, config: SimConfig, sim_dir: Path, seed: int,
     prov.update(SIMSEED=int(seed), SIMPRSET=truth.preset or "custom")
     units = [(v, c) for v in truth.visits for c in truth.ccds]
     paths = []
-    for v, c in tqdm(units, desc="render", unit="ccd", disable=not progress,
+    for v, c in tqdm(units, desc="render", unit="ccd", disable=None if progress else True,
                      leave=False):
         exp = render_ccd(truth, v, c, config, seed)
         p = exposure_path(sim_dir, truth.visit(v), c)
