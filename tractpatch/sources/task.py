@@ -24,7 +24,7 @@ from .background import estimate_background
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
 from .classify import aperture_correction, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
-from .measure import (adaptive_fwhm, aperture_fluxes, gaussian_psf_flux, half_light_radius,
+from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux, half_light_radius,
                       mask_flags, windowed_centroids)
 
 
@@ -142,11 +142,15 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
     r50 = half_light_radius(data, x0, y0, bad8, rmax, segmap)
     # deblended sources: the window may not slide more than half its sigma
-    max_shift = np.where(blended, np.clip(r50 / 2.35, 0.5, None),
-                         2 * np.clip(2 * r50 / 2.35, 0.5, None) + 1)
-    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, r50, gain,
+    # window sigma: the adaptive-moment sigma at the detection position (core-matched);
+    # the SExtractor choice 2 r50 / 2.35 where the moments fail
+    sig = adaptive_fwhm(data, bad8, x0, y0, r50 / 1.1774) / FWHM_PER_SIGMA
+    sig = np.where(np.isfinite(sig), sig, 2.0 * r50 / 2.35)
+    max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
+                         2 * np.clip(sig, 0.5, None) + 1)
+    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
                                                max_shift)
-    fwhm = adaptive_fwhm(data, bad8, x, y, r50 / 1.1774)
+    fwhm = adaptive_fwhm(data, bad8, x, y, sig)
     aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
     f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
     f_max, e_max, _ = aps[rmax]
