@@ -26,6 +26,7 @@ class FitsConfig(TaskConfig):
     dieOnceVisit: int = Field(-1, description="visit whose worker dies on its first try")
     dieAlwaysVisit: int = Field(-1, description="visit whose worker always dies")
     diskFullVisit: int = Field(-1, description="visit whose write hits a full disk")
+    faultVisit: int = Field(-1, description="visit whose units raise an I/O error")
 
 
 def expected_image(visit: int, ccd: int, size: int) -> np.ndarray:
@@ -46,6 +47,8 @@ class FitsTask(CmdLineTask):
         cfg = self.config
         if visit == cfg.flagVisit:
             raise DataQualityError(f"visit={visit} ccd={ccd}: no stars")
+        if visit == cfg.faultVisit:
+            raise OSError(errno.EIO, "input/output error reading the raw file")
         if visit == cfg.dieAlwaysVisit:
             os._exit(3)
         if visit == cfg.dieOnceVisit:
@@ -80,5 +83,37 @@ def _to_bytes(hdul) -> bytes:
     return buf.getvalue()
 
 
+class StackTask(CmdLineTask):
+    """A later, per-visit stage: lists the CCDs of a visit it may use from fitsTask.
+
+    This is how a stage respects the ledger of an earlier one: ``unit_ok`` is True for
+    a clean input, False for a flagged one (left out), and raises UpstreamNotDone
+    for a faulted or missing one (this unit is then blocked: a fault).
+    """
+
+    name = "stackTask"
+    ConfigClass = TaskConfig
+    level = "visit"
+
+    def units(self, ids, select):
+        return [{"visit": v} for v in sorted({r["visit"] for r in
+                                              self.repo.registry.exposures(ids or None)})]
+
+    def run_unit(self, data_id):
+        reg = self.repo.registry
+        ccds = [r["ccd"] for r in reg.exposures(visit=data_id["visit"])]
+        used = [c for c in ccds if reg.unit_ok(self.repo.rerun, "fitsTask",
+                                               {"visit": data_id["visit"], "ccd": c})]
+        if not used:
+            raise DataQualityError(f"visit={data_id['visit']}: every CCD is flagged")
+        from tractpatch.atomic import write_text_atomic
+
+        write_text_atomic(self.repo.rerun_dir / f"stack-{data_id['visit']}.txt",
+                          " ".join(map(str, used)) + "\n")
+        return used
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["stack"]:
+        sys.exit(StackTask.main(sys.argv[2:]))
     sys.exit(FitsTask.main())

@@ -145,6 +145,35 @@ def test_ledger_semantics_sqlite(tmp_path):
     check_ledger_semantics(Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"))
 
 
+def test_later_stage_leaves_flagged_units_out_and_is_blocked_by_faults(repo):
+    """fitsTask flags visit 11 and faults on visit 13; the per-visit stackTask (in a
+    rerun chained to it) uses visits 10 and 12, flags 11 and is blocked on 13."""
+    ids = ["--id", "visit=10..13", "--no-progress", "--retries", "1"]
+    p = fits_task(repo, "--rerun", "cal", *ids, "--config", "size=8", "flagVisit=11",
+                  "faultVisit=13")
+    assert p.returncode == 1 and "input/output error" in p.stderr
+    p = fits_task("stack", repo, "--rerun", "cal:stack", *ids)
+    assert p.returncode == 1, p.stderr
+    assert "1 fault" in p.stderr and "1 quality" in p.stderr and "2 done" in p.stderr
+    out = repo / "rerun" / "stack"
+    assert (out / "stack-10.txt").read_text() == "0 1\n"
+    assert (out / "stack-12.txt").read_text() == "0 1\n"
+    assert not (out / "stack-11.txt").exists() and not (out / "stack-13.txt").exists()
+    rows = {r["data_id"]["visit"]: r for r in
+            Repository(repo).registry.ledger_rows("stack", "stackTask")}
+    assert rows[11]["quality"] == "visit=11: every CCD is flagged"
+    assert rows[13]["state"] == "pending" and rows[13]["faults"] == 1  # not retried
+    assert rows[13]["message"].startswith("blocked: visit=13 ccd=0: fitsTask is pending")
+    # the fault upstream is cured; the blocked unit runs on the next run, others skip
+    p = fits_task(repo, "--rerun", "cal", *ids, "--clobber-config", "--config", "size=8",
+                  "flagVisit=11")
+    assert p.returncode == 0 and "8 units: 2 done, 6 skipped" in p.stderr
+    p = fits_task("stack", repo, "--rerun", "cal:stack", *ids)
+    assert p.returncode == 0, p.stderr
+    assert "4 units: 1 done, 3 skipped" in p.stderr
+    assert (out / "stack-13.txt").read_text() == "0 1\n"
+
+
 # --- resume after SIGKILL ---------------------------------------------------------------
 def _visible_finals(rerun_dir: Path) -> list[Path]:
     return sorted(rerun_dir.glob("fits-*.fits"))
@@ -153,11 +182,11 @@ def _visible_finals(rerun_dir: Path) -> list[Path]:
 def test_sigkill_mid_run_then_resume_gives_identical_outputs(repo):
     size = 256
     ids = ["--id", "visit=10..13", "--no-progress", "--config", f"size={size}"]
-    ref = fits_task(repo, "--rerun", "ref", *ids, "pause=0.4", "-j", "2")
+    ref = fits_task(repo, "--rerun", "ref", *ids, "pause=0.25", "-j", "2")
     assert ref.returncode == 0, ref.stderr
     rerun_dir = repo / "rerun" / "killed"
     proc = subprocess.Popen([sys.executable, str(HERE / "fits_task.py"), repo, "--rerun",
-                             "killed", *ids, "pause=0.4", "-j", "2"],
+                             "killed", *ids, "pause=0.25", "-j", "2"],
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     seen_tmp = False
@@ -193,7 +222,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(repo):
     assert p.returncode == 0, p.stderr
     assert "the next run retries it" in p.stdout
     # restart: the units left running are not done, so they run again
-    p = fits_task(repo, "--rerun", "killed", *ids, "pause=0.4", "-j", "2")
+    p = fits_task(repo, "--rerun", "killed", *ids, "pause=0.25", "-j", "2")
     assert p.returncode == 0, p.stderr
     assert "8 units" in p.stderr and f"{n_done_before} skipped" in p.stderr
     ledger = ledger_by_visit_ccd(repo, "killed")

@@ -19,8 +19,11 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def cluster():
+    import dask
     from distributed import LocalCluster
 
+    # a task whose worker dies is given up after one retry (the default is 3)
+    cfg = dask.config.set({"distributed.scheduler.allowed-failures": 1})
     mp = pytest.MonkeyPatch()
     # worker processes inherit the environment: they must import fits_task
     mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
@@ -32,6 +35,7 @@ def cluster():
     finally:
         c.close()
         mp.undo()
+        cfg.__exit__(None, None, None)
 
 
 def test_units_run_on_the_cluster(cluster, tmp_path):
@@ -59,6 +63,20 @@ def test_units_run_on_the_cluster(cluster, tmp_path):
     # resume on the cluster: everything done is skipped
     p = fits_task(root, *args)
     assert p.returncode == 0 and "6 units: 6 skipped" in p.stderr
+
+
+def test_dead_dask_worker_is_a_fault_and_the_run_completes(cluster, tmp_path):
+    root = make_repo(tmp_path, visits=(10, 11, 12), ccds=(0,))
+    p = fits_task(root, "--rerun", "dd", "--id", "visit=10..12", "--cluster",
+                  cluster.scheduler_address, "--no-progress", "--config", "size=8",
+                  "dieAlwaysVisit=11")
+    assert p.returncode == 1, p.stderr
+    assert "3 units: 2 done, 1 fault" in p.stderr and "Traceback" not in p.stderr
+    ledger = ledger_by_visit_ccd(root, "dd")
+    assert ledger[(11, 0)]["state"] == "pending" and ledger[(11, 0)]["faults"] == 1
+    assert "KilledWorker" in ledger[(11, 0)]["message"]
+    assert ledger[(10, 0)]["state"] == ledger[(12, 0)]["state"] == "done"
+    assert (root / "rerun/dd/fits-12-0.fits").exists()
 
 
 def test_unreachable_cluster_is_one_line(tmp_path):

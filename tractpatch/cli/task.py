@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..errors import DataQualityError, UserError
 from ..repo.dataid import DataIdSpec, parse_id_args
+from ..repo.registry import UpstreamNotDone
 from ..repo.repository import Repository
 from .config import TaskConfig
 from .executor import run_units
@@ -192,6 +193,15 @@ def run_one(ctx: TaskContext, task: "CmdLineTask", data_id: dict, retries: int,
             if doraise:
                 raise
             return UnitResult(data_id, "quality", str(exc))
+        except UpstreamNotDone as exc:
+            # an input unit of an earlier stage is not done: blocked, a fault that
+            # retrying now cannot cure (the next run retries it)
+            if use_ledger:
+                reg.ledger_set(task.name, rerun, data_id, "pending", fault=True,
+                               message=f"blocked: {exc}")
+            if doraise:
+                raise
+            return UnitResult(data_id, "fault", f"blocked: {exc}")
         except Exception as exc:  # a fault: I/O error, bug, killed resource — retried
             msg = f"{exc.__class__.__name__}: {exc}"
             if use_ledger:
