@@ -175,3 +175,19 @@ def test_load_truth_missing_is_user_error(tmp_path):
 
     with pytest.raises(UserError, match="makeDemoRepo"):
         load_truth(tmp_path)
+
+
+def test_fitted_sip_wcs_and_photo_calib_reproduce_truth(truth):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, truth.camera.nx - 1, 300)
+    y = rng.uniform(0, truth.camera.ny - 1, 300)
+    for v in truth.visits[:2]:
+        for c in truth.ccds[:2]:
+            w = truth.sip_wcs(v, c)
+            ra_w, dec_w = w.all_pix2world(x, y, 0)
+            ra_t, dec_t = truth.pixel_to_sky(v, c, x, y)
+            sep = np.hypot((ra_w - ra_t) * np.cos(np.radians(dec_t)), dec_w - dec_t)
+            assert np.max(sep) * 3.6e6 < 0.05  # mas
+            pc = truth.photo_calib(v, c)
+            assert np.allclose(pc.evaluate(x, y), truth.calibration(v, c, x, y),
+                               rtol=1e-10)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from astropy.table import Table
+from astropy.wcs import WCS
 
 from ..atomic import write_fits_atomic, write_text_atomic
 from ..errors import UserError
@@ -120,6 +121,51 @@ class SimTruth:
         v = self.visit(visit)
         return cam.tan_wcs(self.camera, ccd, v["hdr_ra"], v["hdr_dec"], v["hdr_rotation"])
 
+    def sip_wcs(self, visit, ccd, degree: int = 4, grid: int = 16):
+        """A TAN-SIP astropy WCS fitted to the true mapping of ``(visit, ccd)``.
+
+        Linear least squares on a ``grid x grid`` pixel grid: tangent point at the CCD
+        centre, polynomial of ``degree`` for the standard coordinates, its linear part
+        the CD matrix and the rest the SIP ``A``/``B`` terms. The distortion is a cubic
+        in field angle, so degree >= 3 reproduces the truth to far below 1 mas (e.g.
+        to make calexps with the true WCS in tests).
+        """
+        from astropy.wcs import Sip
+
+        ny, nx = self.ccd_shape(ccd)
+        cx, cy = (nx - 1) / 2, (ny - 1) / 2
+        ra0, dec0 = self.pixel_to_sky(visit, ccd, cx, cy)
+        gx, gy = np.meshgrid(np.linspace(-0.5, nx - 0.5, grid),
+                             np.linspace(-0.5, ny - 0.5, grid))
+        u, v = gx.ravel() - cx, gy.ravel() - cy
+        ra, dec = self.pixel_to_sky(visit, ccd, gx.ravel(), gy.ravel())
+        xi, eta = cam.sky_to_tangent(ra, dec, ra0, dec0)
+        scale = max(nx, ny) / 2.0  # conditioning: fit in u/scale, v/scale
+        terms = [(p, q) for p in range(degree + 1) for q in range(degree + 1 - p)]
+        design = np.column_stack([(u / scale) ** p * (v / scale) ** q for p, q in terms])
+        cxi, *_ = np.linalg.lstsq(design, xi, rcond=None)
+        ceta, *_ = np.linalg.lstsq(design, eta, rcond=None)
+        coef = {pq: np.array([cxi[k], ceta[k]]) / scale ** sum(pq)
+                for k, pq in enumerate(terms)}
+        cd = np.column_stack([coef[(1, 0)], coef[(0, 1)]])
+        cdinv = np.linalg.inv(cd)
+        a = np.zeros((degree + 1, degree + 1))
+        b = np.zeros((degree + 1, degree + 1))
+        for (p, q), c in coef.items():
+            if p + q >= 2:
+                a[p, q], b[p, q] = cdinv @ c
+        # the constant term (tangent point offset, ~0) goes into CRPIX
+        shift = cdinv @ coef[(0, 0)]
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+        w.wcs.crval = [float(ra0), float(dec0)]
+        w.wcs.crpix = [cx + 1 - shift[0], cy + 1 - shift[1]]
+        w.wcs.cd = cd
+        w.wcs.radesys = "ICRS"
+        w.sip = Sip(a, b, None, None, w.wcs.crpix)
+        w.pixel_shape = (nx, ny)
+        return w
+
     # --- photometry -------------------------------------------------------------------
     def illumination_factor(self, fx, fy):
         """Focal-plane illumination factor L(fx, fy)."""
@@ -136,6 +182,25 @@ class SimTruth:
         fx, fy = self.camera.to_focal(ccd, x, y)
         return (self.filters[v["filter"]]["calib0"] * self.camera.qe[i]
                 * v["transparency"] * self.illumination_factor(fx, fy))
+
+    def photo_calib(self, visit, ccd):
+        """The true calibration of ``(visit, ccd)`` as a :class:`PhotoCalib` (exact: the
+        focal-plane terms are quadratic and the CCD→focal-plane map is affine, so a 2nd
+        order Chebyshev in CCD pixels represents it exactly)."""
+        from numpy.polynomial import chebyshev as C
+
+        from ..image.photocalib import PhotoCalib
+
+        ny, nx = self.ccd_shape(ccd)
+        bbox = (0.0, 0.0, float(nx), float(ny))
+        u = np.cos(np.pi * (np.arange(5) + 0.5) / 5)  # Chebyshev nodes in [-1, 1]
+        uu, vv = np.meshgrid(u, u, indexing="ij")
+        x = (uu * nx + nx) / 2
+        y = (vv * ny + ny) / 2
+        vals = self.calibration(visit, ccd, x, y)
+        vander = C.chebvander2d(uu.ravel(), vv.ravel(), [2, 2])
+        coef, *_ = np.linalg.lstsq(vander, vals.ravel(), rcond=None)
+        return PhotoCalib(coef.reshape(3, 3), bbox)
 
     def psf_fwhm(self, visit, ccd, x, y):
         """True PSF FWHM (arcsec) at 0-based pixels of ``(visit, ccd)``."""
