@@ -42,9 +42,11 @@ def coadd(tmp_path_factory):
     from conftest import run_cmd
 
     root = tmp_path_factory.mktemp("coadd_e2e")
-    # one field, one filter, four visits (the second carries the satellite trail)
+    # one field, one filter, four visits (the second carries the satellite trail); fewer
+    # cosmic rays and galaxies than the preset leave more clean, isolated stars to measure
     cfg = preset_config("tiny", overrides=["filters=[HSC-R]", "n_fields=1",
-                                           "visits_per_field=4"])
+                                           "visits_per_field=4", "cosmic_ray_rate=10",
+                                           "galaxy_density=50000"])
     demo = make_demo_repo(root, config=cfg)
     run_cmd("makeDiscreteSkyMap.py", root, "--rerun", "coadd", "--id", "filter=HSC-R",
             "--config", "doPlot=False", "--no-progress", check=0)
@@ -64,7 +66,7 @@ def coadd(tmp_path_factory):
     return dict(root=root, truth=demo.truth, path=path, calexps=calexps, log=p.stderr)
 
 
-def _stars(truth, wcs, nimage, calexps):
+def _stars(truth, wcs, nimage, clipped, calexps):
     """Isolated, unsaturated, well-exposed true stars, each with the CALEXPs covering it;
     the coadd must have every one of those inputs over the star's box."""
     epoch = np.mean([truth.visit(v)["epoch"] for v in truth.visits])
@@ -84,16 +86,23 @@ def _stars(truth, wcs, nimage, calexps):
         if not (30 <= ix < nx - 30 and 30 <= iy < ny - 30):
             continue
         cov = []
+        clean = True
         for k, e in exps.items():
             px, py = e.wcs.world_to_pixel_values(ra[i], dec[i])
             if 26 <= px < e.shape[1] - 26 and 26 <= py < e.shape[0] - 26:
                 cov.append((k, e, float(px), float(py)))
-        if len(cov) < 2 or len({k[0] for k, *_ in cov}) != len(cov):
+                # no flagged input pixel (CR, bad column) near the star: the CALEXP
+                # measurement below would include it, the coadd leaves it out
+                jx, jy = int(round(float(px))), int(round(float(py)))
+                bad = e.mask_planes.bitmask("BAD", "SAT", "CR", "NO_DATA", "EDGE")
+                clean &= not np.any(e.mask[max(0, jy - 29):jy + 30,
+                                           max(0, jx - 29):jx + 30] & bad)
+        if not clean or len(cov) < 2 or len({k[0] for k, *_ in cov}) != len(cov):
             continue
-        box = nimage[iy - 25:iy + 26, ix - 25:ix + 26]
-        core = nimage[iy - 8:iy + 9, ix - 8:ix + 9]
-        if (np.all(box >= len(cov) - 1) and np.mean(box == len(cov)) > 0.97
-                and np.all(core == len(cov))):
+        # every input over the box, but for the ~0.3 % of values a 3-sigma clip takes
+        # from pure noise
+        box = np.s_[iy - 25:iy + 26, ix - 25:ix + 26]
+        if np.all((nimage[box] == len(cov)) | (clipped[box] & (nimage[box] == len(cov) - 1))):
             out.append((i, x[i], y[i], cov))
     return out
 
@@ -149,10 +158,11 @@ def test_stars_at_true_positions_with_input_fluxes(coadd):
         img = h["IMAGE"].data
         wcs = WCS(h["IMAGE"].header)
         nimage = h["NIMAGE"].data
+        clipped = (h["MASK"].data & (1 << h["MASK"].header["MP_CLIPPED"])) != 0
         weights = {int(v): float(w) for v, w in zip(h["INPUTS"].data["visit"],
                                                     h["INPUTS"].data["weight"])}
-    stars = _stars(truth, wcs, nimage, coadd["calexps"])
-    assert len(stars) >= 5
+    stars = _stars(truth, wcs, nimage, clipped, coadd["calexps"])
+    assert len(stars) >= 5, len(stars)
     scale = 10 ** (0.4 * 27.0) / 3631e9
     ratios, offsets = [], []
     for i, x, y, cov in stars:
@@ -201,3 +211,14 @@ def test_satellite_trail_clipped(coadd):
     assert np.mean(mask[ty, tx] & clipped_bit != 0) > 0.9
     z = img[ty, tx] / np.sqrt(var[ty, tx])
     assert abs(np.median(z)) < 0.5
+
+
+def test_bad_ids_end_in_one_line(coadd):
+    from conftest import run_cmd
+
+    p = run_cmd("coaddDriver.py", coadd["root"], "--rerun", "coadd", "--id", "tract=0",
+                "patch=0,0", check=2)
+    assert "give filter" in p.stderr and "Traceback" not in p.stderr
+    p = run_cmd("coaddDriver.py", coadd["root"], "--rerun", "coadd", "--id", "tract=0",
+                "filter=HSC-R", "patch=3,1", check=2)
+    assert "tract 0 has patches 0..0,0..0" in p.stderr

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Coadd benchmark: SWarp vs reproject vs coaddDriver's warper, same inputs, same grid.
+
+::
+
+    python benchmarks/bench_coadd.py [--n-inputs 8] [--ccd 1024 2048] [--patch 2400]
+        [--threads 2] [--workdir DIR]
+
+Makes ``n`` calibrated CCD images (TAN WCS, dithered and rotated, Gaussian stars of
+known position and flux, white noise; SWarp reads no SIP, so no distortion here), then
+coadds them onto one TAN patch grid with
+
+- SWarp (Debian package ``swarp``, binary ``SWarp``; installed with apt-get if missing),
+  LANCZOS3, COMBINE_TYPE WEIGHTED and CLIPPED, ``NTHREADS = threads``;
+- astropy reproject's ``reproject_and_coadd`` (reproject_interp, mean);
+- tractpatch's warper + stacker (``coadd_patch``: Lanczos3, MEAN and MEANCLIP), numba
+  with ``threads`` threads.
+
+Each method runs in its own process; reported: wall time, input Mpix/s, peak RSS
+(``ru_maxrss`` of the child), the star centroid error (median and max, pixels) and the
+aperture flux error (median |ratio-1| and rms) against the truth, and ratios to SWarp.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RA0, DEC0, SCALE = 150.0, 2.0, 0.168  # arcsec/pixel for CCDs and patch
+
+
+def tan_wcs(shape, ra, dec, rot_deg=0.0, scale=SCALE):
+    from astropy.wcs import WCS
+
+    ny, nx = shape
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [nx / 2 + 0.5, ny / 2 + 0.5]
+    s = scale / 3600.0
+    c, sn = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+    w.wcs.cd = np.array([[-s * c, s * sn], [s * sn, s * c]])
+    w.wcs.radesys = "ICRS"
+    w.wcs.equinox = 2000.0
+    w.wcs.set()
+    return w
+
+
+# --- inputs ---------------------------------------------------------------------------
+def make_inputs(work: Path, n: int, ccd_shape, patch: int, seed: int = 1) -> dict:
+    """Write the CCDs (our MEF + SWarp image/weight pairs) and the truth."""
+    from astropy.io import fits
+
+    from tractpatch.image import Exposure, ExposureInfo, write_exposure, wcs_to_header
+
+    rng = np.random.default_rng(seed)
+    ny, nx = ccd_shape
+    pw = tan_wcs((patch, patch), RA0, DEC0)
+    # stars on a jittered grid over the patch centre (where the CCDs pile up)
+    k = 12
+    g = np.linspace(0.2, 0.8, k) * patch
+    sx, sy = np.meshgrid(g, g)
+    sx = sx.ravel() + rng.uniform(-5, 5, k * k)
+    sy = sy.ravel() + rng.uniform(-5, 5, k * k)
+    sra, sdec = pw.pixel_to_world_values(sx, sy)
+    flux = 10 ** rng.uniform(4.5, 5.5, k * k)  # nJy-like units
+    sigma_arcsec = 0.35
+    noise = 5.0
+    files = []
+    for i in range(n):
+        off = rng.uniform(-0.15, 0.15, 2) * patch * SCALE / 3600.0
+        w = tan_wcs(ccd_shape, RA0 + off[0], DEC0 + off[1], rng.uniform(-3, 3))
+        img = rng.normal(0, noise, ccd_shape)
+        x, y = w.world_to_pixel_values(sra, sdec)
+        sig = sigma_arcsec / SCALE
+        r = int(6 * sig) + 2
+        for xx, yy_, f in zip(x, y, flux):
+            ix, iy = int(round(float(xx))), int(round(float(yy_)))
+            if not (r <= ix < nx - r and r <= iy < ny - r):
+                continue
+            gy, gx = np.mgrid[iy - r:iy + r + 1, ix - r:ix + r + 1]
+            img[iy - r:iy + r + 1, ix - r:ix + r + 1] += f / (2 * np.pi * sig ** 2) * np.exp(
+                -((gx - xx) ** 2 + (gy - yy_) ** 2) / (2 * sig ** 2))
+        var = np.full(ccd_shape, noise ** 2, np.float32)
+        exp = Exposure(image=img, variance=var, wcs=w,
+                       info=ExposureInfo(visit=i, ccd=0, exptime=100.0, filter="X"))
+        mef = work / f"ccd{i:03d}.fits"
+        write_exposure(mef, exp)
+        h = wcs_to_header(w)
+        h["EXPTIME"] = 100.0
+        h["GAIN"] = 0.0
+        fits.PrimaryHDU(img.astype(np.float32), header=h).writeto(
+            work / f"sw{i:03d}.fits", overwrite=True)
+        fits.PrimaryHDU((1.0 / var).astype(np.float32), header=h).writeto(
+            work / f"sw{i:03d}.weight.fits", overwrite=True)
+        files.append(i)
+    truth = dict(ra=sra.tolist(), dec=sdec.tolist(), flux=flux.tolist(), n=n,
+                 ccd=list(ccd_shape), patch=patch)
+    (work / "truth.json").write_text(json.dumps(truth))
+    hdr = wcs_to_header(pw)
+    hdr["NAXIS"] = 2
+    hdr["NAXIS1"] = patch
+    hdr["NAXIS2"] = patch
+    (work / "coadd.head").write_text(
+        "\n".join(str(c) for c in hdr.cards if c.keyword not in ("COMMENT", "HISTORY"))
+        + "\nEND\n")
+    return truth
+
+
+# --- methods (each runs in a child process) -------------------------------------------
+def run_ours(work: Path, statistic: str) -> Path:
+    from astropy.io import fits
+
+    from tractpatch.coadd.assemble import coadd_patch
+    from tractpatch.coadd.config import CoaddDriverConfig
+    from tractpatch.image import read_exposure
+
+    t = json.loads((work / "truth.json").read_text())
+    pw = tan_wcs((t["patch"], t["patch"]), RA0, DEC0)
+    # zero point 2.5 log10(3631e9) = 31.40: coadd units = input units (scale exactly 1)
+    cfg = CoaddDriverConfig(statistic=statistic, doSubtractBackground=False,
+                            zeroPoint=2.5 * np.log10(3631e9))
+    exps = (read_exposure(work / f"ccd{i:03d}.fits") for i in range(t["n"]))
+    res = coadd_patch(exps, pw, (t["patch"], t["patch"]), cfg, workdir=work)
+    out = work / f"ours_{statistic}.fits"
+    fits.PrimaryHDU(np.nan_to_num(res.image)).writeto(out, overwrite=True)
+    return out
+
+
+def run_reproject(work: Path) -> Path:
+    from astropy.io import fits
+    from reproject import reproject_interp
+    from reproject.mosaicking import reproject_and_coadd
+
+    t = json.loads((work / "truth.json").read_text())
+    pw = tan_wcs((t["patch"], t["patch"]), RA0, DEC0)
+    inputs = []
+    weights = []
+    for i in range(t["n"]):
+        inputs.append(fits.open(work / f"sw{i:03d}.fits")[0])
+        weights.append(fits.open(work / f"sw{i:03d}.weight.fits")[0])
+    img, _ = reproject_and_coadd(inputs, pw, shape_out=(t["patch"], t["patch"]),
+                                 input_weights=weights, reproject_function=reproject_interp,
+                                 combine_function="mean")
+    out = work / "reproject.fits"
+    fits.PrimaryHDU(np.nan_to_num(img)).writeto(out, overwrite=True)
+    return out
+
+
+def ensure_swarp() -> str | None:
+    for name in ("SWarp", "swarp"):
+        if shutil.which(name):
+            return shutil.which(name)
+    try:
+        subprocess.run(["apt-get", "install", "-y", "-q", "swarp"], check=True,
+                       capture_output=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"SWarp not available and apt-get install swarp failed ({exc}); "
+              "SWarp rows left out", file=sys.stderr)
+        return None
+    return shutil.which("SWarp") or shutil.which("swarp")
+
+
+def run_swarp(work: Path, combine: str, threads: int, binary: str) -> Path:
+    t = json.loads((work / "truth.json").read_text())
+    out = work / f"swarp_{combine}.fits"
+    shutil.copy(work / "coadd.head", work / f"swarp_{combine}.head")
+    files = [str(work / f"sw{i:03d}.fits") for i in range(t["n"])]
+    cmd = [binary, *files, "-IMAGEOUT_NAME", str(out),
+           "-WEIGHTOUT_NAME", str(work / f"swarp_{combine}.weight.fits"),
+           "-COMBINE_TYPE", combine, "-RESAMPLING_TYPE", "LANCZOS3",
+           "-WEIGHT_TYPE", "MAP_WEIGHT", "-WEIGHT_SUFFIX", ".weight.fits",
+           "-SUBTRACT_BACK", "N", "-NTHREADS", str(threads), "-FSCALASTRO_TYPE", "NONE",
+           "-RESAMPLE_DIR", str(work), "-VERBOSE_TYPE", "QUIET",
+           "-WRITE_XML", "N", "-COPY_KEYWORDS", "", "-CELESTIAL_TYPE", "NATIVE",
+           "-GAIN_DEFAULT", "0", "-BLANK_BADPIXELS", "N"]
+    subprocess.run(cmd, check=True, cwd=work)
+    return out
+
+
+# --- measuring -----------------------------------------------------------------------
+def measure(path: Path, truth: dict) -> dict:
+    from astropy.io import fits
+
+    img = fits.getdata(path).astype(float)
+    img = np.nan_to_num(img)
+    pw = tan_wcs((truth["patch"], truth["patch"]), RA0, DEC0)
+    x, y = pw.world_to_pixel_values(np.array(truth["ra"]), np.array(truth["dec"]))
+    offs, ratios = [], []
+    r = 12
+    for xx, yy_, f in zip(x, y, truth["flux"]):
+        ix, iy = int(round(float(xx))), int(round(float(yy_)))
+        if not (r + 2 <= ix < img.shape[1] - r - 2 and r + 2 <= iy < img.shape[0] - r - 2):
+            continue
+        gy, gx = np.mgrid[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        sub = img[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        if np.any(sub == 0):
+            continue  # not covered everywhere
+        rr = np.hypot(gx - xx, gy - yy_)
+        ratios.append(sub[rr < r].sum() / f)
+        cx, cy = xx + 0.2, yy_ - 0.2
+        for _ in range(30):
+            w = np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * 2.0 ** 2)) * sub
+            cx += 2 * np.sum(w * (gx - cx)) / np.sum(w)
+            cy += 2 * np.sum(w * (gy - cy)) / np.sum(w)
+        offs.append(np.hypot(cx - xx, cy - yy_))
+    offs, ratios = np.array(offs), np.array(ratios)
+    return dict(nstars=len(offs), centroid_median=float(np.median(offs)),
+                centroid_max=float(np.max(offs)),
+                flux_median_err=float(np.median(np.abs(ratios - 1))),
+                flux_bias=float(np.median(ratios) - 1),
+                flux_rms=float(np.std(ratios)))
+
+
+def child(argv) -> int:
+    """Run one method in this process and print its output path."""
+    method, work, threads = argv[0], Path(argv[1]), int(argv[2])
+    if method.startswith("ours"):
+        out = run_ours(work, method.split("_", 1)[1])
+    elif method == "reproject":
+        out = run_reproject(work)
+    else:
+        out = run_swarp(work, method.split("_", 1)[1], threads, argv[3])
+    print(out)
+    return 0
+
+
+def timed(method, work, threads, extra=()):
+    """Run one method in a fresh wrapper process: (output, wall seconds, peak RSS MB).
+
+    The wrapper's RUSAGE_CHILDREN ``ru_maxrss`` is the method's own peak (SWarp
+    included), not that of earlier runs.
+    """
+    code = ("import resource, subprocess, sys, time; t0 = time.perf_counter(); "
+            f"p = subprocess.run([sys.executable, {__file__!r}, '--child', {method!r}, "
+            f"{str(work)!r}, {str(threads)!r}, *{list(extra)!r}], capture_output=True, "
+            "text=True); w = time.perf_counter() - t0; "
+            "sys.stderr.write(p.stderr); "
+            "print(p.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+            " (p.stdout.strip().splitlines() or [''])[-1])")
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env)
+    rc, wall, rss, out = p.stdout.strip().split(" ", 3)
+    if rc != "0":
+        raise RuntimeError(f"{method} failed:\n{p.stderr[-3000:]}")
+    return Path(out), float(wall), float(rss) / 1024.0
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-inputs", type=int, default=8)
+    ap.add_argument("--ccd", type=int, nargs=2, default=[1024, 2048], metavar=("NX", "NY"))
+    ap.add_argument("--patch", type=int, default=2400)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-swarp", action="store_true")
+    args = ap.parse_args()
+    import tempfile
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_coadd-"))
+    work.mkdir(parents=True, exist_ok=True)
+    nx, ny = args.ccd
+    truth = make_inputs(work, args.n_inputs, (ny, nx), args.patch)
+    mpix = args.n_inputs * nx * ny / 1e6
+    # warm numba's cache once so compile time is not counted
+    subprocess.run([sys.executable, "-c", "import tractpatch.coadd.kernels, "
+                    "tractpatch.coadd.stack"], check=True)
+    methods = []
+    binary = None if args.no_swarp else ensure_swarp()
+    if binary:
+        methods += [("swarp_WEIGHTED", (binary,)), ("swarp_CLIPPED", (binary,))]
+    methods += [("ours_MEAN", ()), ("ours_MEANCLIP", ()), ("reproject", ())]
+    rows = []
+    for m, extra in methods:
+        out, wall, rss = timed(m, work, args.threads, extra)
+        rows.append(dict(method=m, wall_s=wall, mpix_per_s=mpix / wall, peak_rss_mb=rss,
+                         **measure(out, truth)))
+    ref = next((r for r in rows if r["method"] == "swarp_WEIGHTED"), None)
+    print(f"inputs: {args.n_inputs} x {nx}x{ny} ({mpix:.1f} Mpix), patch {args.patch}^2, "
+          f"{args.threads} threads, work dir {work}")
+    head = ("method", "wall_s", "Mpix/s", "peakMB", "cen_med", "cen_max", "flux|err|",
+            "flux_bias", "flux_rms", "speed_vs_swarp")
+    print(" ".join(f"{h:>14s}" for h in head))
+    for r in rows:
+        sp = ref["wall_s"] / r["wall_s"] if ref else float("nan")
+        vals = (r["method"], f"{r['wall_s']:.2f}", f"{r['mpix_per_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f}", f"{r['centroid_median']:.4f}",
+                f"{r['centroid_max']:.4f}", f"{r['flux_median_err']:.4f}",
+                f"{r['flux_bias']:+.4f}", f"{r['flux_rms']:.4f}", f"{sp:.2f}")
+        print(" ".join(f"{v:>14s}" for v in vals))
+    (work / "results.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
