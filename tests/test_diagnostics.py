@@ -103,6 +103,7 @@ def make_synthetic(n_star=6000, n_visit=4, ncx=4, ncy=2, broken_ccd=None, seed=1
         pixel_area=lambda v, fx, fy: area(fx, fy),
         star_ra=ra0 + sx / np.cos(np.radians(dec0)), star_dec=dec0 + sy,
         ref_mag=ref_mag_star[m["star"]], grid_n=31)
+    data.extra["chi2/ndof"] = 1.0625
     truth = dict(w=w, h=h, poly_part=poly_part, area=area, ref_mag=ref_mag_star,
                  true_mag=true_mag)
     return data, truth
@@ -179,6 +180,16 @@ def test_bad_input_is_one_line_naming_field(good):
     with pytest.raises(UserError, match="'dy' has shape"):
         FitDiagnostics(**{**{k: getattr(data, k) for k in data.__dataclass_fields__},
                           "dy": data.dy[:-1]})
+    with pytest.raises(UserError, match=r"\['mag_err'\] missing"):
+        build_fit_diagnostics(solver="mosaic", tract=0, filter="r",
+                              meas={k: getattr(data, k) for k in (
+                                  "visit", "ccd", "star", "x", "y", "fx", "fy", "dx", "dy",
+                                  "is_ref", "rejected", "mag")},
+                              ccd_id=data.ccd_id, ccd_fx=data.ccd_fx, ccd_fy=data.ccd_fy,
+                              ccd_angle=data.ccd_angle, ccd_size_deg=(0.1, 0.2),
+                              ccd_scale=data.ccd_scale, visit_id=data.visit_id,
+                              visit_scale=data.visit_scale, coeffs={}, flux_corr=None,
+                              pixel_area=None, star_ra=data.star_ra, star_dec=data.star_dec)
     with pytest.raises(UserError, match="not in ccd_id"):
         FitDiagnostics(**{**{k: getattr(data, k) for k in data.__dataclass_fields__},
                           "ccd": np.where(data.ccd == 10, 99, data.ccd)})
@@ -352,6 +363,7 @@ def test_index_references_every_file(good, written):
         if p.suffix == ".png":
             assert f'src="{p.name}"' in text, p.name
     assert "jointcal tract 9813 filter HSC-I" in text and "/tmp" not in text
+    assert "chi2/ndof</td><td>1.0625" in text
 
 
 def test_writer_is_fast(good, written):

@@ -109,6 +109,10 @@ class FitDiagnostics:
         Mean calibrated magnitude and its error (AB mag).
     star_nobs : ndarray of int64, shape (n_star,)
         Number of (not rejected) measurements of the star.
+
+    extra : dict, optional
+        Scalar facts of the fit to show on the index page (``name -> number or str``, e.g.
+        ``{"chi2/ndof": 1.03, "iterations": 7}``).
     """
 
     solver: str

@@ -41,6 +41,16 @@ def _figure(name: str, title: str) -> str:
             f'loading="lazy"></a><figcaption>{html.escape(title)}</figcaption></figure>')
 
 
+def _extra_table(extra: dict) -> str:
+    """The solver's scalar facts (``FitDiagnostics.extra``) as a two-column table."""
+    if not extra:
+        return ""
+    rows = "".join(f'<tr><td class="l">{html.escape(str(k))}</td>'
+                   f'<td>{html.escape(f"{v:.6g}" if isinstance(v, float) else str(v))}</td></tr>'
+                   for k, v in extra.items())
+    return f"<table><tr><th class='l'>fit</th><th>value</th></tr>{rows}</table>"
+
+
 def write_index(data: FitDiagnostics, out_dir, global_pngs: list[Path],
                 visit_pngs: dict[int, list[Path]], data_files: list[Path],
                 stats: dict) -> Path:
@@ -65,6 +75,7 @@ def write_index(data: FitDiagnostics, out_dir, global_pngs: list[Path],
         "<table><tr><th class='l'>3σ-clipped</th><th>n</th><th>σ dx (mas)</th>"
         f"<th>σ dy (mas)</th><th>σ Δmag (mmag)</th></tr>{rows}</table>",
         f"<p>CCDs with the largest position RMS: {html.escape(worst_txt)}</p>",
+        _extra_table(data.extra),
         "<h2>All visits</h2><div class='gallery'>",
     ]
     for p in global_pngs:
