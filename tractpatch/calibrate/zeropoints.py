@@ -8,7 +8,8 @@ of 1 nJy exactly (``m_AB = -2.5 log10(f / 1 erg s^-1 cm^-2 Hz^-1) - 48.60``).
 
 Two sources are supported:
 
-- a header keyword (``zeroPointKeyword``, e.g. 2MASS ``MAGZP``: mag for 1 DN);
+- a header keyword (``zeroPointKeyword``, e.g. 2MASS ``MAGZP``: mag for 1 DN; or HSC
+  ``FLUXMAG0``, the counts of a 0-mag source, converted to ``2.5 log10(FLUXMAG0)``);
 - a table with one row per CCD (``zeroPointTable``), e.g. the Legacy Surveys
   ``survey-ccds-*.fits.gz`` whose ``ccdzpt`` is the AB magnitude of 1 count per *second*
   for DECam; legacypipe adds ``2.5 log10(exptime)`` to get the per-exposure zero point,
@@ -25,6 +26,10 @@ from ..errors import DataQualityError, UserError
 
 #: AB magnitude of a flux of 1 nJy (exact by the definition of the AB system).
 AB_MAG_OF_1_NJY = 31.4
+
+#: Keywords holding the counts of a 0-mag AB source (HSC ``FLUXMAG0``) rather than a
+#: zero point; the zero point is ``2.5 log10(value)``.
+FLUX_KEYWORDS = ("FLUXMAG0",)
 
 
 def njy_per_count(zero_point: float) -> float:
@@ -73,6 +78,8 @@ def zero_point_from_header(header, keyword: str, source: str) -> float:
         zp = float(value)
     except (TypeError, ValueError):
         zp = float("nan")
+    if keyword.upper() in FLUX_KEYWORDS:  # counts of a 0-mag source, not a magnitude
+        zp = 2.5 * np.log10(zp) if zp > 0 else float("nan")
     if not np.isfinite(zp):
         raise DataQualityError(
             f"{source}: no usable zero-point keyword {keyword} in the header "
