@@ -81,8 +81,9 @@ def test_src_written_for_every_good_ccd(tc3):
         assert min(r["ra1"], r["ra2"], r["ra3"], r["ra4"]) - 1e-4 < table["ra"].min()
         assert table["ra"].max() < max(r["ra1"], r["ra2"], r["ra3"], r["ra4"]) + 1e-4
         # the CP inverse-variance map gives the sky noise: our sky scatter matches it
+        # (to 10%: one galaxy fills much of these 41x51 cutouts)
         ivar = fits.getdata(repo.companion_path(r, "weight"), 1)
-        assert h["SKYNOISE"] == pytest.approx(np.median(ivar) ** -0.5, rel=0.06)
+        assert h["SKYNOISE"] == pytest.approx(np.median(ivar) ** -0.5, rel=0.1)
 
 
 def test_ccd_summaries_in_registry(tc3, shared_data):

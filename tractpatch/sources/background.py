@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from scipy.ndimage import binary_dilation, gaussian_filter
 
 
 @dataclass
@@ -16,8 +15,8 @@ class BackgroundResult:
     ----------
     level : ndarray
         Sky level per pixel (image units), the mesh background interpolated.
-    rms : ndarray
-        Sky noise per pixel from the mesh (image units).
+    rms : None
+        (the per-pixel noise map is not built: the variance plane serves)
     global_level : float
         Mean of the mesh sky levels (the CCD's sky level).
     global_rms : float
@@ -25,14 +24,13 @@ class BackgroundResult:
     """
 
     level: np.ndarray
-    rms: np.ndarray
+    rms: np.ndarray | None
     global_level: float
     global_rms: float
 
 
 def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
-                        filter_size: int = 3, source_mask_sigma: float | None = 5.0,
-                        source_mask_grow: int = 3) -> BackgroundResult:
+                        filter_size: int = 3) -> BackgroundResult:
     """Estimate the sky of ``image`` ignoring the ``bad`` pixels.
 
     Parameters
@@ -40,17 +38,11 @@ def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
     image : ndarray (ny, nx)
         Image with bad pixels set to any finite value.
     bad : ndarray of bool
-        Pixels not to use (no data, bad columns...).
+        Pixels not to use (no data, bad columns, and for a second pass the sources).
     box : int
         Mesh box size in pixels (clipped to the image size so small CCDs get one box).
     filter_size : int
         Median filter size over the mesh (in boxes).
-    source_mask_sigma : float or None
-        When set, a second pass masks pixels more than this many sigma above the
-        first-pass sky (grown by ``source_mask_grow`` pixels): the wings of sources
-        otherwise bias the mesh sky high, and aperture fluxes low, in crowded fields.
-    source_mask_grow : int
-        Dilation (pixels) of the source mask.
 
     Returns
     -------
@@ -58,19 +50,32 @@ def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
     """
     data = np.ascontiguousarray(image, dtype=np.float32)
     ny, nx = data.shape
-    bw, bh = min(box, nx), min(box, ny)
-    bkg = sep.Background(data, mask=np.ascontiguousarray(bad, dtype=np.uint8), bw=bw,
-                         bh=bh, fw=filter_size, fh=filter_size)
-    if source_mask_sigma:
-        # threshold the residual smoothed by a unit Gaussian (noise / 2 sqrt(pi)) so
-        # that single noise pixels do not mask the whole image
-        resid = gaussian_filter(np.where(bad, 0.0, data - bkg.back()), 1.0)
-        high = resid > source_mask_sigma * bkg.rms() / (2 * np.sqrt(np.pi))
-        high = binary_dilation(high & ~bad, iterations=source_mask_grow)
-        both = bad | high
-        if (~both).sum() > 0.2 * (~bad).sum():  # keep enough sky to estimate
-            bkg = sep.Background(data, mask=np.ascontiguousarray(both, dtype=np.uint8),
-                                 bw=bw, bh=bh, fw=filter_size, fh=filter_size)
-    return BackgroundResult(level=bkg.back(), rms=bkg.rms(),
+    bkg = sep.Background(data, mask=np.ascontiguousarray(bad, dtype=np.uint8),
+                         bw=min(box, nx), bh=min(box, ny), fw=filter_size, fh=filter_size)
+    return BackgroundResult(level=bkg.back(), rms=None,
                             global_level=float(bkg.globalback),
                             global_rms=float(bkg.globalrms))
+
+
+def source_mask(segmap: np.ndarray, objects, bad: np.ndarray, scale: float = 4.0,
+                min_sky_fraction: float = 0.5) -> np.ndarray:
+    """Pixels to leave out of a second sky pass: ``bad`` plus the detected sources.
+
+    The footprints of the first detection pass (segmentation map) and ellipses of
+    ``scale`` times each source's isophotal a, b (sep.mask_ellipse) hide the sources'
+    wings, which otherwise bias the mesh sky high (and aperture fluxes low) in crowded
+    fields. While that leaves less than ``min_sky_fraction`` of the good pixels (sep
+    gives up on meshes that are mostly masked) the ellipses shrink to half, then to the
+    footprints alone; failing that, only ``bad`` is returned.
+    """
+    seg = segmap > 0
+    need = min_sky_fraction * (~bad).sum()
+    for r in (scale, scale / 2, 0.0):  # shrink the ellipses on small or crowded CCDs
+        src = seg.copy()
+        if r > 0 and len(objects):
+            sep.mask_ellipse(src, objects["x"], objects["y"], objects["a"], objects["b"],
+                             objects["theta"], r=r)
+        both = bad | src
+        if (~both).sum() >= need:
+            return both
+    return bad

@@ -13,7 +13,7 @@ SEP_TRUNCATED = sep.OBJ_TRUNC
 def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
                    threshold: float = 5.0, min_area: int = 5,
                    deblend_nthresh: int = 32, deblend_cont: float = 0.005,
-                   clean: bool = True, pixstack: int = 3_000_000) -> np.ndarray:
+                   clean: bool = True, pixstack: int = 300_000) -> np.ndarray:
     """Detect sources in a background-subtracted image.
 
     Parameters
@@ -33,7 +33,8 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
     clean : bool
         Remove spurious detections in the wings of bright sources.
     pixstack : int
-        sep's pixel buffer (large CCDs with many sources need more than the default).
+        sep's pixel buffer; raised tenfold and retried (up to the image size) when a
+        crowded CCD overflows it (a larger buffer costs time on every call).
 
     Returns
     -------
@@ -42,11 +43,18 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
     segmap : ndarray of int32
         Segmentation map: pixel value ``i + 1`` belongs to object ``i``, 0 to none.
     """
-    sep.set_extract_pixstack(max(pixstack, data.size))
     sep.set_sub_object_limit(4096)
-    return sep.extract(np.ascontiguousarray(data, dtype=np.float32), threshold,
-                       var=np.ascontiguousarray(variance, dtype=np.float32),
-                       mask=np.ascontiguousarray(bad, dtype=np.uint8),
-                       minarea=min_area, deblend_nthresh=deblend_nthresh,
-                       deblend_cont=deblend_cont, clean=clean,
-                       segmentation_map=True)
+    args = (np.ascontiguousarray(data, dtype=np.float32), threshold)
+    kwargs = dict(var=np.ascontiguousarray(variance, dtype=np.float32),
+                  mask=np.ascontiguousarray(bad, dtype=np.uint8), minarea=min_area,
+                  deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont,
+                  clean=clean, segmentation_map=True)
+    size = int(pixstack)
+    while True:
+        sep.set_extract_pixstack(size)
+        try:
+            return sep.extract(*args, **kwargs)
+        except Exception as exc:  # sep raises a plain Exception on buffer overflow
+            if "pixel buffer full" not in str(exc) or size >= data.size:
+                raise
+            size = min(size * 10, data.size)

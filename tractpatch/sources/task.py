@@ -20,11 +20,11 @@ from ..cli import CmdLineTask, TaskConfig
 from ..errors import DataQualityError, UserError
 from ..image.exposure import Exposure
 from ..repo.exposure_io import load_exposure
-from .background import estimate_background
+from .background import estimate_background, source_mask
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
 from .classify import aperture_correction, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
-from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux, half_light_radius,
+from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux,
                       mask_flags, windowed_centroids)
 
 
@@ -43,10 +43,10 @@ class DetectSourcesConfig(TaskConfig):
     background_box: int = Field(64, ge=4, description="sky mesh box size (pixels)")
     background_filter: int = Field(3, ge=1, description="median filter of the sky mesh "
                                    "(boxes)")
-    background_source_sigma: float | None = Field(5.0, description="second sky pass "
-                                                  "masking pixels this many sigma (of the "
-                                                  "smoothed image) above the first; "
-                                                  "None: one pass")
+    background_mask_scale: float | None = Field(4.0, description="second sky pass with "
+                                                "the first pass's detections masked out "
+                                                "to this many isophotal a, b (None: one "
+                                                "pass)")
     aperture_radii: list[float] = Field([3.0, 6.0, 9.0, 12.0], min_length=1,
                                         description="aperture radii in pixels "
                                         "(columns flux_ap_<r>)")
@@ -115,20 +115,33 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
         raise DataQualityError(f"{label}: no usable pixels (all masked, NaN or zero "
                                "weight); the CCD is left out")
     # pixels above the CCD's saturation level are saturated even if unmasked
-    satmask = exp.mask.copy()
+    satmask = exp.mask
     if exp.info.saturation:
-        satmask[np.isfinite(image) & (image >= exp.info.saturation)] |= mp.bitmask("SAT")
-    image = np.where(bad, 0.0, image).astype(np.float32)
-    # bad pixels get a typical variance so sums stay finite (they are masked anyway)
-    var = np.where(bad, np.median(var[~bad]), var).astype(np.float32)
-    bad8 = bad.astype(np.uint8)
+        over = image >= exp.info.saturation  # NaN compares False
+        if over.any():
+            satmask = exp.mask.copy()
+            satmask[over] |= mp.bitmask("SAT")
+    any_bad = bool(bad.any())
+    if any_bad:  # copies only when needed: full CCDs are large
+        image = np.where(bad, np.float32(0), image)
+        # bad pixels get a typical variance so sums stay finite (they are masked anyway)
+        var = np.where(bad, np.median(var[~bad][::97]), var).astype(np.float32)
+    bad8 = bad.view(np.uint8)
 
-    bkg = estimate_background(image, bad, config.background_box, config.background_filter,
-                              config.background_source_sigma)
-    data = np.where(bad, 0.0, image - bkg.level).astype(np.float32)
+    bkg = estimate_background(image, bad, config.background_box, config.background_filter)
+    data = _subtract(image, bkg.level, bad, any_bad)
 
     objs, segmap = detect_sources(data, var, bad8, config.threshold, config.min_area,
-                          config.deblend_nthresh, config.deblend_cont, config.clean)
+                                  config.deblend_nthresh, config.deblend_cont, config.clean)
+    if config.background_mask_scale is not None and len(objs):
+        # second sky pass without the sources' wings; detections are kept (the
+        # difference is a small fraction of the noise), measurements use the new sky
+        bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
+                                                      config.background_mask_scale),
+                                   config.background_box, config.background_filter)
+        if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
+            bkg = bkg2
+            data = _subtract(image, bkg.level, bad, any_bad)
     if len(objs) == 0:
         raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
                                "sigma; the CCD is left out (check the image, or lower "
@@ -140,17 +153,18 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     y0 = np.asarray(objs["y"], float)
 
     blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
-    r50 = half_light_radius(data, x0, y0, bad8, rmax, segmap)
+    # starting size: the isophotal second moments (sep's a, b: ~sigma for a Gaussian)
+    sig0 = np.sqrt(np.asarray(objs["a"], float) * np.asarray(objs["b"], float))
     # deblended sources: the window may not slide more than half its sigma
-    # window sigma: the adaptive-moment sigma at the detection position (core-matched);
-    # the SExtractor choice 2 r50 / 2.35 where the moments fail
-    sig = adaptive_fwhm(data, bad8, x0, y0, r50 / 1.1774) / FWHM_PER_SIGMA
-    sig = np.where(np.isfinite(sig), sig, 2.0 * r50 / 2.35)
+    # window sigma: the adaptive-moment sigma at the detection position (core-matched;
+    # SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab) where it fails
+    sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
+    sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
     max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
                          2 * np.clip(sig, 0.5, None) + 1)
     x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
                                                max_shift)
-    fwhm = adaptive_fwhm(data, bad8, x, y, sig)
+    fwhm = FWHM_PER_SIGMA * sig
     aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
     f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
     f_max, e_max, _ = aps[rmax]
@@ -201,6 +215,14 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                              sky_level=bkg.global_level, sky_noise=bkg.global_rms,
                              apcorr=apcorr, n_apcorr=n_ap, n_sources=len(table),
                              n_stars=int(np.count_nonzero(star)))
+
+
+def _subtract(image, level, bad, any_bad) -> np.ndarray:
+    """``image - level`` as float32 with bad pixels zeroed."""
+    data = np.subtract(image, level, dtype=np.float32)
+    if any_bad:
+        data[bad] = 0
+    return data
 
 
 def _flags(mask, mp, x, y, radius, blended) -> dict:
