@@ -108,9 +108,10 @@ def test_concurrent_first_open_postgres(pg_url):
 
 
 def test_task_run_and_resume_on_postgres(pg_url, tmp_path):
-    """A -j 2 run with the registry on PostgreSQL (ROOT/repo.yaml), flags and resume."""
+    """A run with the registry on PostgreSQL (ROOT/repo.yaml), flags and resume (many
+    processes writing at once are tested by test_concurrent_writers_postgres)."""
     root = make_repo(tmp_path, visits=(10, 11, 12), registry_url=pg_url)
-    args = ["--rerun", "pg", "--id", "visit=10..12", "-j", "2", "--no-progress",
+    args = ["--rerun", "pg", "--id", "visit=10..12", "--no-progress",
             "--config", "size=16", "flagVisit=11"]
     p = fits_task(root, *args)
     assert p.returncode == 0, p.stderr

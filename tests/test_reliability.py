@@ -182,7 +182,7 @@ def _visible_finals(rerun_dir: Path) -> list[Path]:
 def test_sigkill_mid_run_then_resume_gives_identical_outputs(repo):
     size = 256
     ids = ["--id", "visit=10..13", "--no-progress", "--config", f"size={size}"]
-    ref = fits_task(repo, "--rerun", "ref", *ids, "pause=0.25", "-j", "2")
+    ref = fits_task(repo, "--rerun", "ref", *ids, "pause=0.25")  # serial: same bytes
     assert ref.returncode == 0, ref.stderr
     rerun_dir = repo / "rerun" / "killed"
     proc = subprocess.Popen([sys.executable, str(HERE / "fits_task.py"), repo, "--rerun",
