@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from astropy.wcs.utils import proj_plane_pixel_scales
@@ -38,6 +39,10 @@ class DetectSourcesConfig(TaskConfig):
                                  "(SExtractor DEBLEND_NTHRESH)")
     deblend_cont: float = Field(0.005, ge=0, le=1, description="minimum contrast of a "
                                 "deblended component (SExtractor DEBLEND_MINCONT)")
+    filter_type: Literal["conv", "matched"] = Field("conv", description="detection "
+                                                    "filter: conv (SExtractor) or matched "
+                                                    "(noise-weighted; more faint sources, "
+                                                    "slower)")
     clean: bool = Field(True, description="remove spurious detections next to bright "
                         "sources")
     background_box: int = Field(64, ge=4, description="sky mesh box size (pixels)")
@@ -132,7 +137,8 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     data = _subtract(image, bkg.level, bad, any_bad)
 
     objs, segmap = detect_sources(data, var, bad8, config.threshold, config.min_area,
-                                  config.deblend_nthresh, config.deblend_cont, config.clean)
+                                  config.deblend_nthresh, config.deblend_cont, config.clean,
+                                  filter_type=config.filter_type)
     if config.background_mask_scale is not None and len(objs):
         # second sky pass without the sources' wings; detections are kept (the
         # difference is a small fraction of the noise), measurements use the new sky
