@@ -214,3 +214,27 @@ def test_empty_and_unusable_ccds_raise_data_quality():
     nan = Exposure(image=np.full((64, 64), np.nan), info=info)
     with pytest.raises(DataQualityError, match="no usable pixels"):
         measure_exposure(nan, DetectSourcesConfig(), "visit=1 ccd=2")
+
+
+def test_header_seeing_used_when_too_few_stars():
+    """A cutout holding one galaxy: with the header seeing (PSFFWHM) the galaxy is not
+    taken for the PSF; without it the lone source defines the locus (PSFNSTAR = 1)."""
+    rng = np.random.default_rng(3)
+    img = _gauss_pixels((60, 60), [30.3], [29.6], [3e4], GAL_SIGMA)
+    noisy = SKY + img + rng.normal(0, SKY_SIGMA, img.shape)
+    var = np.full(img.shape, SKY_SIGMA ** 2)
+    w = _wcs()
+    fwhm_arcsec = 2.3548 * SIGMA * 0.2
+    for prior in (fwhm_arcsec, None):
+        info = ExposureInfo(visit=7, ccd=1, psf_fwhm=prior)
+        exp = Exposure(image=noisy, variance=var, wcs=w, info=info)
+        res = measure_exposure(exp, DetectSourcesConfig())
+        assert len(res.table) == 1 and res.n_locus == 1
+        if prior:
+            assert res.psf_source == "prior"
+            assert res.psf_fwhm_arcsec == pytest.approx(fwhm_arcsec)
+            assert not res.table["is_star"][0]
+        else:
+            assert res.psf_source == "locus"
+            # the adaptive-moment size of the Gaussian galaxy itself
+            assert res.psf_fwhm_pix == pytest.approx(2.3548 * GAL_SIGMA, rel=0.05)

@@ -23,7 +23,7 @@ from ..image.exposure import Exposure
 from ..repo.exposure_io import load_exposure
 from .background import estimate_background, source_mask
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
-from .classify import aperture_correction, is_star, stellar_locus
+from .classify import StellarLocus, aperture_correction, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
 from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux,
                       mask_flags, windowed_centroids)
@@ -59,6 +59,9 @@ class DetectSourcesConfig(TaskConfig):
                                   "excluded from background, detection and measurement")
     flag_radius_fwhm: float = Field(1.0, gt=0, description="mask planes within this "
                                     "many PSF FWHMs of a source set its flags")
+    min_locus_stars: int = Field(3, ge=1, description="fewer stars on the size locus: "
+                                 "the PSF FWHM comes from the header seeing (PSFFWHM) "
+                                 "when known")
     star_snr: float = Field(20.0, gt=0, description="minimum S/N of the stars that "
                             "define the stellar locus and aperture correction")
     locus_width: float = Field(0.15, gt=0, description="fractional half-width of the "
@@ -85,6 +88,8 @@ class SourceMeasurement:
     sky_noise: float
     apcorr: float
     n_apcorr: int
+    n_locus: int      # stars on the size locus (PSF FWHM reliable from ~3)
+    psf_source: str   # locus | prior (header seeing) | default (config)
     n_sources: int
     n_stars: int
 
@@ -183,6 +188,18 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                  else config.default_fwhm, blended)
     candidates = (snr_mid >= config.star_snr) & (pre["bits"] == 0)
     locus = stellar_locus(fwhm, candidates, config.locus_width)
+    scale = _pixel_scale_arcsec(exp.wcs)
+    n_locus = int(locus.members.sum())
+    prior = (exp.info.psf_fwhm / scale) if (exp.info.psf_fwhm and np.isfinite(scale)) \
+        else None
+    if n_locus < config.min_locus_stars and prior:
+        # too few stars for a locus (small cutouts, empty fields): the header's seeing
+        # defines the PSF, and the candidates of that size are the stars
+        locus = StellarLocus(float(prior), candidates & np.isfinite(fwhm)
+                             & (np.abs(fwhm / prior - 1) < config.locus_width))
+        psf_source = "prior"
+    else:
+        psf_source = "locus" if np.isfinite(locus.fwhm) else "default"
     psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
 
     g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
@@ -215,11 +232,11 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     for name in ("saturated", "edge", "bad", "cr", "blended"):
         cols[f"flag_{name}"] = (flags["bits"] & FLAG_BITS[name]) != 0
     table = build_table(cols, radii)
-    scale = _pixel_scale_arcsec(exp.wcs)
     return SourceMeasurement(table=table, psf_fwhm_pix=float(psf_fwhm),
                              psf_fwhm_arcsec=float(locus.fwhm * scale),
                              sky_level=bkg.global_level, sky_noise=bkg.global_rms,
-                             apcorr=apcorr, n_apcorr=n_ap, n_sources=len(table),
+                             apcorr=apcorr, n_apcorr=n_ap, n_locus=n_locus,
+                             psf_source=psf_source, n_sources=len(table),
                              n_stars=int(np.count_nonzero(star)))
 
 
@@ -274,6 +291,7 @@ class DetectSourcesTask(CmdLineTask):
                   "PSFFWHM": res.psf_fwhm_arcsec, "PSFFWPIX": res.psf_fwhm_pix,
                   "SKYLEVEL": res.sky_level, "SKYNOISE": res.sky_noise,
                   "APCORR": res.apcorr, "APCORRN": res.n_apcorr,
+                  "PSFNSTAR": res.n_locus, "PSFSRC": res.psf_source,
                   "NSOURCES": res.n_sources, "NSTARS": res.n_stars,
                   "CCDNAME": info.ccdname, "INSTRUME": info.instrument,
                   "GAIN": info.gain, "SATURATE": info.saturation,
