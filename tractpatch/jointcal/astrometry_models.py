@@ -25,18 +25,33 @@ def poly_terms(order: int) -> np.ndarray:
 
 
 def monomials(u, v, order: int, derivatives: bool = False):
-    """Monomial basis (n, nt) at ``(u, v)``; with ``derivatives`` also d/du and d/dv."""
+    """Monomial basis (n, nt) at ``(u, v)``; with ``derivatives`` also d/du and d/dv.
+
+    Built column by column from running powers (no fancy indexing of large arrays).
+    """
     terms = poly_terms(order)
-    u = np.asarray(u, float)[:, None]
-    v = np.asarray(v, float)[:, None]
-    pu = u ** np.arange(order + 1)[None, :]
-    pv = v ** np.arange(order + 1)[None, :]
-    B = pu[:, terms[:, 0]] * pv[:, terms[:, 1]]
+    u = np.asarray(u, float)
+    v = np.asarray(v, float)
+    pu = [np.ones_like(u)]
+    pv = [np.ones_like(v)]
+    for _ in range(order):
+        pu.append(pu[-1] * u)
+        pv.append(pv[-1] * v)
+    n, nt = len(u), len(terms)
+    B = np.empty((n, nt))
+    for t, (i, j) in enumerate(terms):
+        np.multiply(pu[i], pv[j], out=B[:, t])
     if not derivatives:
         return B
-    i, j = terms[:, 0], terms[:, 1]
-    du = np.where(i > 0, i * pu[:, np.maximum(i - 1, 0)] * pv[:, j], 0.0)
-    dv = np.where(j > 0, j * pu[:, i] * pv[:, np.maximum(j - 1, 0)], 0.0)
+    du = np.zeros((n, nt))
+    dv = np.zeros((n, nt))
+    for t, (i, j) in enumerate(terms):
+        if i > 0:
+            np.multiply(pu[i - 1], pv[j], out=du[:, t])
+            du[:, t] *= i
+        if j > 0:
+            np.multiply(pu[i], pv[j - 1], out=dv[:, t])
+            dv[:, t] *= j
     return B, du, dv
 
 

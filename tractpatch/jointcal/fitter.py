@@ -80,7 +80,7 @@ def _accumulate_tt(idx, val, r, H, g):
 
 
 @njit(cache=True)
-def _fill_ts(order, starts, idx, val, star_val, scale, k0, k1, M):
+def _fill_ts(order, starts, idx, val, star_val, scale, local, k0, k1, M):
     m = idx.shape[1]
     for k in range(k0, k1):
         for p in range(starts[k], starts[k + 1]):
@@ -89,7 +89,7 @@ def _fill_ts(order, starts, idx, val, star_val, scale, k0, k1, M):
             for a in range(m):
                 ia = idx[i, a]
                 if ia >= 0:
-                    M[ia, k - k0] += val[i, a] * w
+                    M[local[ia], k - k0] += val[i, a] * w
 
 
 class SingularSystemError(DataQualityError):
@@ -130,12 +130,21 @@ def solve_step(rows: Rows, free_map: np.ndarray, n_free: int, n_star: int,
         starts = np.searchsorted(star[order], np.arange(n_star + 1))
         scale = 1.0 / np.sqrt(d)
         gs_scaled = gs * scale
+        local = np.full(n_free, -1, np.int64)
         for k0 in range(0, n_star, chunk):
             k1 = min(n_star, k0 + chunk)
-            M = np.zeros((n_free, k1 - k0))
-            _fill_ts(order, starts, idx, rows.val, rows.star_val, scale, k0, k1, M)
-            H -= M @ M.T  # BLAS: the Schur complement of this chunk of stars
-            g -= M @ gs_scaled[k0:k1]
+            # only the model parameters this chunk of stars touches (stars are numbered
+            # roughly by position, so a chunk sees few CCDs): a small dense block
+            ir = idx[order[starts[k0]:starts[k1]]]
+            touched = np.unique(ir[ir >= 0])
+            if len(touched) == 0:
+                continue
+            local[touched] = np.arange(len(touched))
+            M = np.zeros((len(touched), k1 - k0))
+            _fill_ts(order, starts, idx, rows.val, rows.star_val, scale, local, k0, k1, M)
+            H[np.ix_(touched, touched)] -= M @ M.T  # BLAS: this chunk's Schur complement
+            g[touched] -= M @ gs_scaled[k0:k1]
+            local[touched] = -1
     dt = _cholesky_solve(H, -g)
     ds = np.zeros(n_star)
     if n_star:

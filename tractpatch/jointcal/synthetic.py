@@ -48,20 +48,28 @@ class SyntheticTruth:
         c, s = np.cos(self.rotator[visit]), np.sin(self.rotator[visit])
         return deproject(c * dx - s * dy, s * dx + c * dy, *self.pointing[visit])
 
-    def sky_to_pixel(self, visit, ccd, ra, dec):
-        """Inverse of :meth:`pixel_to_sky` (fixed-point inversion of the distortion)."""
+    def sky_to_focal(self, visit, ra, dec):
+        """Undistorted focal-plane coordinates (arcsec) of sky positions in a visit."""
         px, py = project(ra, dec, *self.pointing[visit])
         c, s = np.cos(self.rotator[visit]), np.sin(self.rotator[visit])
         dx, dy = c * px + s * py, -s * px + c * py
         fx, fy = dx.copy(), dy.copy()
-        for _ in range(8):
+        for _ in range(8):  # fixed-point inversion of the radial distortion
             r2 = fx ** 2 + fy ** 2
             fx, fy = dx / (1 + self.k * r2), dy / (1 + self.k * r2)
+        return fx, fy
+
+    def focal_to_pixel(self, ccd, fx, fy):
+        """0-based pixels of focal-plane coordinates on CCD ``ccd``."""
         x0, y0, rot = self.ccd_layout[ccd]
         c, s = np.cos(rot), np.sin(rot)
         ax, ay = fx - x0, fy - y0
         return ((c * ax + s * ay) / self.pixel_scale + self.nx / 2,
                 (-s * ax + c * ay) / self.pixel_scale + self.ny / 2)
+
+    def sky_to_pixel(self, visit, ccd, ra, dec):
+        """Inverse of :meth:`pixel_to_sky`."""
+        return self.focal_to_pixel(ccd, *self.sky_to_focal(visit, ra, dec))
 
     def calibration(self, visit, ccd, x, y):
         """True nJy per count at 0-based pixels."""
@@ -108,7 +116,7 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
     gain = {c: rng.uniform(0.9, 1.1) for c in layout}
     truth = SyntheticTruth(pointing, layout, nx, ny, pixel_scale, k, zp, gain, fp_scale, rotator)
     # stars over the dithered field
-    half = np.array([fp_scale + dither + 30, fp_scale * gy / gx + dither + 30])
+    half = np.array([gx * (w + gap) / 2 + dither + 30, gy * (h + gap) / 2 + dither + 30])
     area_ccd = w * h
     n_stars = int(stars_per_ccd * (4 * half[0] * half[1]) / area_ccd)
     sx = rng.uniform(-half[0], half[0], n_stars)
@@ -126,10 +134,14 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
         dec_v = sdec + pmdec * dt / 3.6e6
         eps = rng.uniform(-rotation_error, rotation_error)
         perr = rng.uniform(-pointing_error, pointing_error, 2)
+        fx_all, fy_all = truth.sky_to_focal(v, ra_v, dec_v)
         for c in layout:
-            x, y = truth.sky_to_pixel(v, c, ra_v, dec_v)
+            # cheap box cut in the focal plane before the exact pixel transform
+            near = np.nonzero((np.abs(fx_all - layout[c][0]) < 0.6 * max(w, h)) &
+                              (np.abs(fy_all - layout[c][1]) < 0.6 * max(w, h)))[0]
+            x, y = truth.focal_to_pixel(c, fx_all[near], fy_all[near])
             on = (x > 5) & (x < nx - 6) & (y > 5) & (y < ny - 6)
-            x, y, f = x[on], y[on], flux_njy[on]
+            x, y, f = x[on], y[on], flux_njy[near[on]]
             counts = f / truth.calibration(v, c, x, y)
             ferr = np.sqrt(counts + 2000.0)
             snr = counts / ferr
