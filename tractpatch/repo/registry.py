@@ -11,6 +11,17 @@ ledger        per task, rerun and data ID: state (pending/running/done), fault c
               quality flag, message, host and times (the processing ledger)
 ccd_summary   per-CCD measurements (PSF FWHM, sky level and noise, numbers of sources)
 
+The processing ledger: a unit is ``done`` (possibly with a ``quality`` flag: bad data,
+the unit completed and later stages leave it out), ``running`` (or left so by a killed
+run: not done, so the next run retries it) or ``pending`` (never run, or ``faults`` > 0:
+a transient failure, retried). A later stage asks with :meth:`Registry.unit_ok` (True:
+use it, False: flagged, leave it out, raises :class:`UpstreamNotDone`: a fault blocks
+the dependant) or, for many units at once, :meth:`Registry.flagged_units` /
+:meth:`Registry.done_units`, e.g. the CCDs detectSources flagged::
+
+    reg.flagged_units(repo.rerun, "detectSources", keys=("visit", "ccd"))
+    # {'{"ccd":3,"visit":1228}', ...}: canonical_data_id({"visit": v, "ccd": c})
+
 Every method opens its own short transaction, so several processes may share a
 registry (SQLite serialises writers with a busy timeout; PostgreSQL is the choice for
 many writers on a network filesystem).
