@@ -69,20 +69,6 @@ def _blocks(n: int, half: int, budget: int = 4_000_000):
         yield slice(start, min(n, start + step))
 
 
-def half_light_radius(data, x, y, bad, rmax: float, segmap=None) -> np.ndarray:
-    """Radius containing half the flux within ``rmax`` (pixels; sep.flux_radius).
-
-    With the segmentation map, pixels of other objects are left out, so a deblended
-    source's size is not inflated by its neighbour.
-    """
-    kw = {}
-    if segmap is not None:
-        kw = {"seg_id": np.arange(1, len(x) + 1, dtype=np.int32), "segmap": segmap}
-    r, _ = sep.flux_radius(data, x, y, np.full(len(x), float(rmax)), 0.5,
-                           mask=bad, subpix=5, **kw)
-    return np.asarray(r, dtype=np.float64)
-
-
 @numba.njit(cache=True, nogil=True)
 def _adaptive_sigma(data, bad, x, y, sigma0, n_iter, s_max):  # pragma: no cover - jit
     """Per-source adaptive-moment sigma (numba: each source reads only its window)."""

@@ -116,6 +116,84 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     DataQualityError
         No usable pixel, or no source detected.
     """
+    planes = _prepare_planes(exp, config, label)
+    data, bkg, objs = _sky_and_detect(planes, config, label)
+    var, bad8, mp = planes.var, planes.bad.view(np.uint8), exp.mask_planes
+    gain = exp.info.gain if (config.use_gain and exp.info.gain) else None
+    radii = list(config.aperture_radii)
+    x0 = np.asarray(objs["x"], float)
+    y0 = np.asarray(objs["y"], float)
+    blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
+
+    # window sigma: the adaptive-moment sigma at the detection position (core-matched;
+    # SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab) where it fails
+    sig0 = np.sqrt(np.asarray(objs["a"], float) * np.asarray(objs["b"], float))
+    sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
+    sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
+    # a deblended source's window may not slide more than half its sigma (onto the
+    # neighbour)
+    max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
+                         2 * np.clip(sig, 0.5, None) + 1)
+    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
+                                               max_shift)
+    fwhm = FWHM_PER_SIGMA * sig
+    aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
+    f_max, e_max, _ = aps[max(radii)]
+
+    locus, psf_source, n_locus = _psf_locus(exp, config, planes.satmask, x, y, fwhm,
+                                            aps, radii, blended)
+    psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
+    g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
+    apcorr, n_ap = aperture_correction(f_max, g_flux, locus.members)
+    flux_psf = g_flux * apcorr
+    flux_psf_err = g_err * apcorr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        elong = np.asarray(objs["a"], float) / np.asarray(objs["b"], float)
+    locus_elong = float(np.median(elong[locus.members])) if locus.members.any() else None
+    star, _ = is_star(flux_psf, flux_psf_err, f_max, e_max, config.star_tolerance,
+                      config.star_nsigma, fwhm, psf_fwhm, config.star_min_size, elong,
+                      locus_elong)
+    flags = _flags(planes.satmask, mp, x, y, config.flag_radius_fwhm * psf_fwhm, blended)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = flux_psf / flux_psf_err
+        mag = np.where(flux_psf > 0, -2.5 * np.log10(flux_psf), np.nan)
+    if exp.wcs is not None:
+        ra, dec = exp.wcs.pixel_to_world_values(x, y)
+    else:
+        ra = dec = np.full(len(x), np.nan)
+    cols = {"id": source_ids(exp.info.visit or 0, exp.info.ccd or 0, len(x)),
+            "x": x, "y": y, "x_err": x_err, "y_err": y_err, "ra": ra, "dec": dec,
+            "flux_psf": flux_psf, "flux_psf_err": flux_psf_err, "mag_inst": mag,
+            "a": objs["a"], "b": objs["b"], "theta": objs["theta"], "fwhm": fwhm,
+            "snr": snr, "is_star": star, "flags": flags}
+    for r in radii:
+        cols[aperture_column(r)] = aps[r][0]
+        cols[aperture_column(r) + "_err"] = aps[r][1]
+    for name in ("saturated", "edge", "bad", "cr", "blended"):
+        cols[f"flag_{name}"] = (flags & FLAG_BITS[name]) != 0
+    table = build_table(cols, radii)
+    return SourceMeasurement(table=table, psf_fwhm_pix=float(psf_fwhm),
+                             psf_fwhm_arcsec=float(locus.fwhm
+                                                   * _pixel_scale_arcsec(exp.wcs)),
+                             sky_level=bkg.global_level, sky_noise=bkg.global_rms,
+                             apcorr=apcorr, n_apcorr=n_ap, n_locus=n_locus,
+                             psf_source=psf_source, n_sources=len(table),
+                             n_stars=int(np.count_nonzero(star)))
+
+
+@dataclass
+class _Planes:
+    """Pixel planes ready for sep: bad pixels zeroed, variance finite."""
+
+    image: np.ndarray
+    var: np.ndarray
+    bad: np.ndarray       # bool: excluded from sky, detection and measurement
+    any_bad: bool
+    satmask: np.ndarray   # the mask with pixels above SATURATE added to SAT
+
+
+def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _Planes:
     mp = exp.mask_planes
     image = np.asarray(exp.image, dtype=np.float32)
     var = np.asarray(exp.variance, dtype=np.float32)
@@ -136,15 +214,23 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
         image = np.where(bad, np.float32(0), image)
         # bad pixels get a typical variance so sums stay finite (they are masked anyway)
         var = np.where(bad, np.median(var[~bad][::97]), var).astype(np.float32)
-    bad8 = bad.view(np.uint8)
+    return _Planes(image, var, bad, any_bad, satmask)
 
+
+def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
+    """Sky-subtracted image, the sky model and sep's detections."""
+    image, bad = planes.image, planes.bad
     bkg = estimate_background(image, bad, config.background_box, config.background_filter)
-    data = _subtract(image, bkg.level, bad, any_bad)
-
-    objs, segmap = detect_sources(data, var, bad8, config.threshold, config.min_area,
-                                  config.deblend_nthresh, config.deblend_cont, config.clean,
+    data = _subtract(image, bkg.level, bad, planes.any_bad)
+    objs, segmap = detect_sources(data, planes.var, bad.view(np.uint8), config.threshold,
+                                  config.min_area, config.deblend_nthresh,
+                                  config.deblend_cont, config.clean,
                                   filter_type=config.filter_type)
-    if config.background_mask_scale is not None and len(objs):
+    if len(objs) == 0:
+        raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
+                               "sigma; the CCD is left out (check the image, or lower "
+                               "--config threshold=...)")
+    if config.background_mask_scale is not None:
         # second sky pass without the sources' wings; detections are kept (the
         # difference is a small fraction of the noise), measurements use the new sky
         bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
@@ -152,44 +238,23 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                                    config.background_box, config.background_filter)
         if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
             bkg = bkg2
-            data = _subtract(image, bkg.level, bad, any_bad)
-    if len(objs) == 0:
-        raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
-                               "sigma; the CCD is left out (check the image, or lower "
-                               "--config threshold=...)")
-    gain = exp.info.gain if (config.use_gain and exp.info.gain) else None
-    radii = list(config.aperture_radii)
-    rmax = max(radii)
-    x0 = np.asarray(objs["x"], float)
-    y0 = np.asarray(objs["y"], float)
+            data = _subtract(image, bkg.level, bad, planes.any_bad)
+    return data, bkg, objs
 
-    blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
-    # starting size: the isophotal second moments (sep's a, b: ~sigma for a Gaussian)
-    sig0 = np.sqrt(np.asarray(objs["a"], float) * np.asarray(objs["b"], float))
-    # deblended sources: the window may not slide more than half its sigma
-    # window sigma: the adaptive-moment sigma at the detection position (core-matched;
-    # SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab) where it fails
-    sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
-    sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
-    max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
-                         2 * np.clip(sig, 0.5, None) + 1)
-    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
-                                               max_shift)
-    fwhm = FWHM_PER_SIGMA * sig
-    aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
+
+def _psf_locus(exp, config, satmask, x, y, fwhm, aps, radii, blended):
+    """The stellar locus (PSF FWHM, member stars), where it came from, its size."""
     f_mid, e_mid, _ = aps[radii[min(1, len(radii) - 1)]]
-    f_max, e_max, _ = aps[rmax]
-
     with np.errstate(divide="ignore", invalid="ignore"):
         snr_mid = f_mid / e_mid
-    # provisional flags at the default size, for choosing locus stars
-    locus_radius = config.flag_radius_fwhm * np.nanmedian(fwhm)
-    pre = _flags(satmask, mp, x, y, locus_radius if np.isfinite(locus_radius)
-                 else config.default_fwhm, blended)
-    candidates = (snr_mid >= config.star_snr) & (pre["bits"] == 0)
+    # provisional flags at the median size, for choosing locus stars
+    radius = config.flag_radius_fwhm * np.nanmedian(fwhm)
+    pre = _flags(satmask, exp.mask_planes, x, y,
+                 radius if np.isfinite(radius) else config.default_fwhm, blended)
+    candidates = (snr_mid >= config.star_snr) & (pre == 0)
     locus = stellar_locus(fwhm, candidates, config.locus_width)
-    scale = _pixel_scale_arcsec(exp.wcs)
     n_locus = int(locus.members.sum())
+    scale = _pixel_scale_arcsec(exp.wcs)
     prior = (exp.info.psf_fwhm / scale) if (exp.info.psf_fwhm and np.isfinite(scale)) \
         else None
     if n_locus < config.min_locus_stars and prior:
@@ -197,47 +262,8 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
         # defines the PSF, and the candidates of that size are the stars
         locus = StellarLocus(float(prior), candidates & np.isfinite(fwhm)
                              & (np.abs(fwhm / prior - 1) < config.locus_width))
-        psf_source = "prior"
-    else:
-        psf_source = "locus" if np.isfinite(locus.fwhm) else "default"
-    psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
-
-    g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
-    apcorr, n_ap = aperture_correction(f_max, g_flux, locus.members)
-    flux_psf = g_flux * apcorr
-    flux_psf_err = g_err * apcorr
-    with np.errstate(divide="ignore", invalid="ignore"):
-        elong = np.asarray(objs["a"], float) / np.asarray(objs["b"], float)
-    locus_elong = float(np.median(elong[locus.members])) if locus.members.any() else None
-    star, _ = is_star(flux_psf, flux_psf_err, f_max, e_max, config.star_tolerance,
-                      config.star_nsigma, fwhm, psf_fwhm, config.star_min_size, elong,
-                      locus_elong)
-    flags = _flags(satmask, mp, x, y, config.flag_radius_fwhm * psf_fwhm, blended)
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = flux_psf / flux_psf_err
-        mag = np.where(flux_psf > 0, -2.5 * np.log10(flux_psf), np.nan)
-    if exp.wcs is not None:
-        ra, dec = exp.wcs.pixel_to_world_values(x, y)
-    else:
-        ra = dec = np.full(len(x), np.nan)
-    cols = {"id": source_ids(exp.info.visit or 0, exp.info.ccd or 0, len(x)),
-            "x": x, "y": y, "x_err": x_err, "y_err": y_err, "ra": ra, "dec": dec,
-            "flux_psf": flux_psf, "flux_psf_err": flux_psf_err, "mag_inst": mag,
-            "a": objs["a"], "b": objs["b"], "theta": objs["theta"], "fwhm": fwhm,
-            "snr": snr, "is_star": star, "flags": flags["bits"]}
-    for r in radii:
-        cols[aperture_column(r)] = aps[r][0]
-        cols[aperture_column(r) + "_err"] = aps[r][1]
-    for name in ("saturated", "edge", "bad", "cr", "blended"):
-        cols[f"flag_{name}"] = (flags["bits"] & FLAG_BITS[name]) != 0
-    table = build_table(cols, radii)
-    return SourceMeasurement(table=table, psf_fwhm_pix=float(psf_fwhm),
-                             psf_fwhm_arcsec=float(locus.fwhm * scale),
-                             sky_level=bkg.global_level, sky_noise=bkg.global_rms,
-                             apcorr=apcorr, n_apcorr=n_ap, n_locus=n_locus,
-                             psf_source=psf_source, n_sources=len(table),
-                             n_stars=int(np.count_nonzero(star)))
+        return locus, "prior", n_locus
+    return locus, ("locus" if np.isfinite(locus.fwhm) else "default"), n_locus
 
 
 def _subtract(image, level, bad, any_bad) -> np.ndarray:
@@ -248,7 +274,7 @@ def _subtract(image, level, bad, any_bad) -> np.ndarray:
     return data
 
 
-def _flags(mask, mp, x, y, radius, blended) -> dict:
+def _flags(mask, mp, x, y, radius, blended) -> np.ndarray:
     """The ``flags`` bitmask from the mask planes near each source and sep's blend flag."""
     planes = {"saturated": mp.bitmask("SAT"), "edge": mp.bitmask("EDGE", "SENSOR_EDGE"),
               "bad": mp.bitmask("BAD", "INTRP", "SUSPECT"), "cr": mp.bitmask("CR"),
@@ -259,7 +285,7 @@ def _flags(mask, mp, x, y, radius, blended) -> dict:
         bits |= np.where(hit[name], FLAG_BITS[name], 0).astype(np.int32)
     bits |= np.where(hit["off_image"], FLAG_BITS["edge"], 0).astype(np.int32)
     bits |= np.where(blended, FLAG_BITS["blended"], 0).astype(np.int32)
-    return {"bits": bits}
+    return bits
 
 
 class DetectSourcesTask(CmdLineTask):
