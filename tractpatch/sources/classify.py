@@ -1,6 +1,6 @@
 """The stellar locus of a CCD, the aperture correction, and the star/galaxy split.
 
-- The stellar locus is the densest narrow group of sizes (FWHM = 2 x half-light radius)
+- The stellar locus is the densest narrow group of sizes (adaptive-moment FWHM)
   among bright, unflagged sources: stars all share the PSF size, galaxies are larger and
   spread out. Its median is the CCD's PSF FWHM.
 - The aperture correction is the median ratio of the largest-aperture flux to the

@@ -1,14 +1,15 @@
 """Source measurement: windowed centroids, aperture and PSF-like fluxes, sizes, mask flags.
 
-Everything is vectorised over sources: sep's array calls, and numpy on per-source
-pixel stamps (cut with fancy indexing, in blocks of sources to bound memory).
+Everything is vectorised over sources: sep's array calls, numpy on per-source pixel
+stamps (cut with fancy indexing, in blocks of sources to bound memory), and numba
+kernels where each source needs its own window size (adaptive moments, window errors).
 
 Choices (documented for the catalog's users):
 
 - Centroids are SExtractor's windowed positions (``XWIN_IMAGE``; sep.winpos) with a
   Gaussian window of the source's adaptive-moment sigma (SExtractor uses
   ``2 r50 / 2.35``, which Moffat wings and neighbours inflate: a window matched to the
-  core halves the centroid scatter of bright stars on a Moffat PSF). Their errors
+  core cut the centroid scatter of bright stars on a Moffat PSF by half). Their errors
   follow SExtractor's ``ERRX2WIN``: ``4 sum(w^2 V dx^2) / (sum w I)^2`` over the window,
   with V the variance plane plus the source's Poisson variance when the gain is known.
 - The PSF-like flux is the optimal (matched-filter) flux for a circular Gaussian PSF of
