@@ -44,11 +44,18 @@ class StackResult:
 
 
 @njit(cache=True)
-def _median(buf, n):
-    s = np.sort(buf[:n])
+def _median(buf, n, tmp):
+    """Median of ``buf[:n]`` (insertion sort in ``tmp``: n is small, no allocation)."""
+    for i in range(n):
+        v = buf[i]
+        j = i - 1
+        while j >= 0 and tmp[j] > v:
+            tmp[j + 1] = tmp[j]
+            j -= 1
+        tmp[j + 1] = v
     if n % 2 == 1:
-        return s[n // 2]
-    return 0.5 * (s[n // 2 - 1] + s[n // 2])
+        return tmp[n // 2]
+    return 0.5 * (tmp[n // 2 - 1] + tmp[n // 2])
 
 
 @njit(parallel=True, cache=True)
@@ -67,6 +74,7 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
         ww = np.empty(nin)
         ee = np.empty(nin)
         dev = np.empty(nin)
+        tmp = np.empty(nin)
         keep = np.empty(nin, np.bool_)
         thr_w = np.empty(len(thr_bits))
         for ix in range(nx):
@@ -111,7 +119,7 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
                 out_exp[iy, ix] = 0.0
                 continue
             if stat == 2:
-                med = _median(vals, n)
+                med = _median(vals, n, tmp)
                 sv = 0.0
                 se = 0.0
                 for i in range(n):
@@ -128,10 +136,10 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
                 for i in range(n):
                     floor2 += vv[i]
                 floor = math.sqrt(floor2 / n)
-                center = _median(vals, n)
+                center = _median(vals, n, tmp)
                 for i in range(n):
                     dev[i] = abs(vals[i] - center)
-                sig = math.hypot(max(1.4826 * _median(dev, n), floor), ampfrac * center)
+                sig = math.hypot(max(1.4826 * _median(dev, n, tmp), floor), ampfrac * center)
                 nk = n
                 for it in range(niter):
                     nclip = 0

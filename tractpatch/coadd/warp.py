@@ -14,7 +14,7 @@ from astropy.wcs import WCS
 
 from ..image import Exposure, MaskPlanes
 from ..image.photocalib import AB_FLUX_NJY
-from .kernels import kernel_code, warp_region
+from .kernels import TABLE_OVERSAMPLE, kernel_code, kernel_table, warp_region
 from .transform import CoarseTransform, coarse_transform, footprint_bbox
 
 #: Planes whose pixels are left out when interpolating (their values are not usable).
@@ -105,7 +105,7 @@ def warp_exposure(exposure: Exposure, out_wcs: WCS, out_shape, kernel: str = "la
     """
     if method not in METHODS:
         raise ValueError(f"unknown warping method {method!r}; use one of {METHODS}")
-    kind, a = kernel_code(kernel)
+    _, a = kernel_code(kernel)
     box = footprint_bbox(exposure.wcs, exposure.shape, out_wcs, out_shape, margin=a + 1)
     if box is None:
         return None
@@ -121,13 +121,15 @@ def warp_exposure(exposure: Exposure, out_wcs: WCS, out_shape, kernel: str = "la
     mp = exposure.mask_planes
     nodata_bit = mp.bit("NO_DATA")
     if method == "lanczos":
+        in_mask = flag_nonfinite(exposure)
         img = np.empty((ny, nx), np.float32)
         var = np.empty((ny, nx), np.float32)
         msk = np.empty((ny, nx), np.int32)
         cov = np.empty((ny, nx), np.float32)
-        warp_region(exposure.image, exposure.variance, exposure.mask,
+        warp_region(exposure.image, exposure.variance, in_mask,
                     mp.bitmask(*bad_planes), nodata_bit, tr.gx, tr.gy, tr.gj, tr.step,
-                    ny, nx, kind, a, float(mask_threshold), img, var, msk, cov)
+                    ny, nx, _table(kernel), TABLE_OVERSAMPLE, a, float(mask_threshold),
+                    img, var, msk, cov)
     else:
         img, var, msk, cov = _warp_reproject(exposure, out_wcs, tr, method, mp, bad_planes,
                                              mask_threshold)
@@ -136,6 +138,27 @@ def warp_exposure(exposure: Exposure, out_wcs: WCS, out_shape, kernel: str = "la
         var *= np.float32(scale * scale)
     return Warp(img, var, msk, cov, box, MaskPlanes(dict(mp.planes)), tr.max_error,
                 tr.step)
+
+
+_TABLES: dict = {}
+
+
+def _table(kernel: str) -> np.ndarray:
+    """The tabulated kernel, made once per process."""
+    if kernel not in _TABLES:
+        _TABLES[kernel] = kernel_table(kernel)
+    return _TABLES[kernel]
+
+
+def flag_nonfinite(exposure: Exposure) -> np.ndarray:
+    """The mask with NO_DATA added on non-finite image or variance pixels (a copy only
+    when there are any), so the warping loop needs no finiteness test per tap."""
+    bad = ~(np.isfinite(exposure.image) & np.isfinite(exposure.variance))
+    if not bad.any():
+        return exposure.mask
+    m = exposure.mask.copy()
+    m[bad] |= exposure.mask_planes.bitmask("NO_DATA")
+    return m
 
 
 def _jacobian_image(tr: CoarseTransform) -> np.ndarray:
