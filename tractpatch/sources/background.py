@@ -13,20 +13,33 @@ class BackgroundResult:
 
     Attributes
     ----------
-    level : ndarray
-        Sky level per pixel (image units), the mesh background interpolated.
-    rms : None
-        (the per-pixel noise map is not built: the variance plane serves)
+    model : sep.Background
+        The mesh model; :meth:`subtract` removes it, :attr:`level` evaluates it.
     global_level : float
         Mean of the mesh sky levels (the CCD's sky level).
     global_rms : float
         Mean of the mesh sky noise (the CCD's sky noise per pixel).
     """
 
-    level: np.ndarray
-    rms: np.ndarray | None
+    model: object
     global_level: float
     global_rms: float
+
+    @property
+    def level(self) -> np.ndarray:
+        """Sky level per pixel (image units), the mesh background interpolated."""
+        return self.model.back()
+
+    def subtract(self, image: np.ndarray, bad: np.ndarray | None = None) -> np.ndarray:
+        """``image - sky`` as a new float32 array, ``bad`` pixels set to 0.
+
+        sep subtracts row by row in place, without building the full sky map.
+        """
+        data = np.array(image, dtype=np.float32, order="C", copy=True)
+        self.model.subfrom(data)
+        if bad is not None:
+            data[bad] = 0
+        return data
 
 
 def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
@@ -52,8 +65,7 @@ def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
     ny, nx = data.shape
     bkg = sep.Background(data, mask=np.ascontiguousarray(bad, dtype=np.uint8),
                          bw=min(box, nx), bh=min(box, ny), fw=filter_size, fh=filter_size)
-    return BackgroundResult(level=bkg.back(), rms=None,
-                            global_level=float(bkg.globalback),
+    return BackgroundResult(model=bkg, global_level=float(bkg.globalback),
                             global_rms=float(bkg.globalrms))
 
 

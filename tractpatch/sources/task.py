@@ -221,7 +221,7 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
     """Sky-subtracted image, the sky model and sep's detections."""
     image, bad = planes.image, planes.bad
     bkg = estimate_background(image, bad, config.background_box, config.background_filter)
-    data = _subtract(image, bkg.level, bad, planes.any_bad)
+    data = bkg.subtract(image, bad if planes.any_bad else None)
     objs, segmap = detect_sources(data, planes.var, bad.view(np.uint8), config.threshold,
                                   config.min_area, config.deblend_nthresh,
                                   config.deblend_cont, config.clean,
@@ -238,7 +238,7 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
                                    config.background_box, config.background_filter)
         if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
             bkg = bkg2
-            data = _subtract(image, bkg.level, bad, planes.any_bad)
+            data = bkg.subtract(image, bad if planes.any_bad else None)
     return data, bkg, objs
 
 
@@ -264,14 +264,6 @@ def _psf_locus(exp, config, satmask, x, y, fwhm, aps, radii, blended):
                              & (np.abs(fwhm / prior - 1) < config.locus_width))
         return locus, "prior", n_locus
     return locus, ("locus" if np.isfinite(locus.fwhm) else "default"), n_locus
-
-
-def _subtract(image, level, bad, any_bad) -> np.ndarray:
-    """``image - level`` as float32 with bad pixels zeroed."""
-    data = np.subtract(image, level, dtype=np.float32)
-    if any_bad:
-        data[bad] = 0
-    return data
 
 
 def _flags(mask, mp, x, y, radius, blended) -> np.ndarray:
