@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the target directory, then rename.
 
-A reader never sees a half-written file, and a run killed mid-write leaves only a
-``.tmp-*`` file that the next write of the same path replaces.
+A reader never sees a half-written file; a run killed mid-write leaves only a
+``.tmp-<name>.*`` file (random suffix) that nothing reads, and that
+``showLedger.py --clean-tmp`` removes.
 """
 from __future__ import annotations
 
