@@ -238,3 +238,11 @@ def test_header_seeing_used_when_too_few_stars():
             assert res.psf_source == "locus"
             # the adaptive-moment size of the Gaussian galaxy itself
             assert res.psf_fwhm_pix == pytest.approx(2.3548 * GAL_SIGMA, rel=0.05)
+
+
+def test_aperture_column_names():
+    from tractpatch.sources.catalog import aperture_column
+
+    assert aperture_column(6) == "flux_ap_6"
+    assert aperture_column(12.0) == "flux_ap_12"
+    assert aperture_column(4.5) == "flux_ap_4p5"
