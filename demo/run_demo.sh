@@ -1,14 +1,48 @@
 #!/usr/bin/env bash
-# The main job on the embedded data: every stage that exists, in pipeline order.
-# Usage: demo/run_demo.sh ROOT   (run by `make demo`)
+# The main job, run by `make demo`: the whole pipeline on the embedded simulated survey
+# (`mini` preset), then the real 2MASS M17 tiles as an already-calibrated mosaic.
+# Usage: demo/run_demo.sh ROOT
 set -euo pipefail
 ROOT=${1:-demo-repo}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${TRACTPATCH_SHARED:-$HERE/../shared/data}
-rm -rf "$ROOT"
+J=${DEMO_J:-2}
+RERUN=demo
+start=$(date +%s)
+step() { echo; echo "== $(( $(date +%s) - start )) s: $*"; }
 
-echo "== ingestImages: DECam testcase3 cutouts (real data)"
-ingestImages.py "$ROOT/decam" "$DATA/legacysurvey-decam-cutouts/testcase3/images" --instrument decam --no-progress
+rm -rf "$ROOT"
+step "makeDemoRepo: simulate the mini HSC-like survey (truth kept) and ingest it"
+makeDemoRepo.py "$ROOT" --preset mini
+
+step "detectSources: per-CCD source catalogs"
+detectSources.py "$ROOT" --rerun $RERUN --id filter=HSC-R^HSC-I -j $J
+
+step "makeDiscreteSkyMap: one tract around every selected CCD of both filters"
+makeDiscreteSkyMap.py "$ROOT" --rerun $RERUN --id filter=HSC-R^HSC-I
+
+for f in HSC-R HSC-I; do
+  step "jointcal $f: joint astrometric + photometric fit against ref_cats/sim, diagnostics"
+  jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0 --diagnostics
+done
+
+step "calibrateExposure / calibrateCatalog: apply the fits to every CCD and catalog"
+calibrateExposure.py "$ROOT" --rerun $RERUN --id tract=0 -j $J
+calibrateCatalog.py "$ROOT" --rerun $RERUN --id tract=0 -j $J
+
+for f in HSC-R HSC-I; do
+  step "coaddDriver $f: warp and stack onto the patches of tract 0"
+  coaddDriver.py "$ROOT" --rerun $RERUN --id tract=0 filter=$f -j $J
+done
+
+step "makeColorImage: RGB picture of tract 0"
+makeColorImage.py "$ROOT" --rerun $RERUN --tract 0 --filters HSC-I HSC-R
+
+step "makeReport: the HTML report (with accuracy against the simulator's truth)"
+makeReport.py "$ROOT" --rerun $RERUN
 
 echo
-echo "Demo finished. Results are under $ROOT/"
+echo "Demo finished in $(( $(date +%s) - start )) s."
+echo "  report:      $ROOT/rerun/$RERUN/report/index.html   (open this first)"
+echo "  coadds:      $ROOT/rerun/$RERUN/deepCoadd/"
+echo "  jointcal:    $ROOT/rerun/$RERUN/jointcal-results/0/ (diagnostics-<filter>/index.html)"
+echo "  calibrated:  $ROOT/rerun/$RERUN/<pointing>/<filter>/corr/0/CALEXP-*.fits"
