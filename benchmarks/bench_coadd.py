@@ -265,6 +265,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-swarp", action="store_true")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="subset of swarp_WEIGHTED swarp_CLIPPED ours_MEAN ours_MEANCLIP "
+                    "reproject (default all)")
     args = ap.parse_args()
     import tempfile
 
@@ -277,10 +280,14 @@ def main() -> int:
     subprocess.run([sys.executable, "-c", "import tractpatch.coadd.kernels, "
                     "tractpatch.coadd.stack"], check=True)
     methods = []
-    binary = None if args.no_swarp else ensure_swarp()
+    want_swarp = not args.no_swarp and (not args.methods or
+                                        any(m.startswith("swarp") for m in args.methods))
+    binary = ensure_swarp() if want_swarp else None
     if binary:
         methods += [("swarp_WEIGHTED", (binary,)), ("swarp_CLIPPED", (binary,))]
     methods += [("ours_MEAN", ()), ("ours_MEANCLIP", ()), ("reproject", ())]
+    if args.methods:
+        methods = [m for m in methods if m[0] in args.methods]
     rows = []
     for m, extra in methods:
         out, wall, rss = timed(m, work, args.threads, extra)

@@ -45,7 +45,7 @@ class CoaddDriverConfig(TaskConfig):
     backgroundFilterSize: int = Field(3, ge=1, description="median filter of the background "
                                       "meshes")
     zeroPoint: float = Field(27.0, description="AB zero point of the coadd pixel values")
-    maxStackMemoryMB: float = Field(400.0, gt=0, description="memory for one subregion's "
+    maxStackMemoryMB: float = Field(300.0, gt=0, description="memory for one subregion's "
                                     "stack of inputs; sets the subregion height")
     doWriteWarps: bool = Field(False, description="also write the per-visit warps "
                                "(deepCoadd_warp)")

@@ -157,6 +157,7 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
     n = 2 * a
     for iy in prange(ny):
         wx = np.empty(n)
+        wx2 = np.empty(n)
         wy = np.empty(n)
         frac = np.zeros(32)
         cj = iy // step
@@ -185,6 +186,8 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
                 s = 0.0
                 v = 0.0
                 mor = 0
+                for kx in range(n):
+                    wx2[kx] = wx[kx] * wx[kx]
                 for ky in range(n):
                     yy = y0 + ky
                     rs = 0.0
@@ -193,7 +196,7 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
                         xx = x0 + kx
                         mor |= msk[yy, xx]
                         rs += wx[kx] * img[yy, xx]
-                        rv += wx[kx] * wx[kx] * var[yy, xx]
+                        rv += wx2[kx] * var[yy, xx]
                     s += wy[ky] * rs
                     v += wy[ky] * wy[ky] * rv
                 if mor == 0:
