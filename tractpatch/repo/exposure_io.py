@@ -19,7 +19,8 @@ def info_from_row(row: dict) -> ExposureInfo:
                         filter=row["filter"], field=row.get("field"),
                         pointing=row.get("pointing"), instrument=row.get("instrument"),
                         exptime=row.get("expTime"), mjd=row.get("mjd"),
-                        date_obs=row.get("dateObs"))
+                        date_obs=row.get("dateObs"), gain=row.get("gain"),
+                        saturation=row.get("saturation"))
 
 
 def load_exposure(repo, row: dict) -> Exposure:

@@ -114,6 +114,7 @@ def exposure_row(path: Path, hdul, index: int, instrument: Instrument) -> dict:
         raise UserError(f"{src}: visit {visit!r} / ccd {ccd!r} are not integers; "
                         "use an --instrument whose keywords give numbers") from None
     pointing = look("pointing")
+    override = instrument.ccd_override(ccd, ccdname)
     if pointing is not None:
         pointing = _number(pointing, int, "pointing", src)
     if mjd is not None:
@@ -126,11 +127,22 @@ def exposure_row(path: Path, hdul, index: int, instrument: Instrument) -> dict:
         dateObs=(str(date_obs)[:10] if date_obs else None),
         mjd=float(mjd) if mjd is not None else None, expTime=exptime,
         hdu=str(index), nx=int(nx), ny=int(ny),
+        gain=_positive(override.get("gain", look("gain"))),
+        saturation=_positive(override.get("saturation", look("saturation"))),
         ra_center=float(np.mod(centre[0], 360)), dec_center=float(centre[1]),
     )
     for i, (ra, dec) in enumerate(corners, start=1):
         row[f"ra{i}"], row[f"dec{i}"] = float(ra), float(dec)
     return row
+
+
+def _positive(value) -> float | None:
+    """A positive finite float, or None (gain and saturation are optional)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
 
 
 def _place(src: Path, repo: Repository, row: dict, mode: str) -> str:

@@ -55,6 +55,8 @@ exposure = sa.Table(
     sa.Column("dateObs", sa.String(32)),
     sa.Column("mjd", sa.Float),
     sa.Column("expTime", sa.Float),
+    sa.Column("gain", sa.Float),  # e-/count (instrument keyword or per-CCD override)
+    sa.Column("saturation", sa.Float),  # counts
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("hdu", sa.String(64)),
     sa.Column("weight_path", sa.Text),

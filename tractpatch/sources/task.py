@@ -298,8 +298,6 @@ class DetectSourcesTask(CmdLineTask):
             raise
         except UserError as exc:  # unreadable/empty file: flag this CCD, go on
             raise DataQualityError(f"{label}: {exc}") from None
-        if exp.info.gain is None:
-            exp.info.gain = instrument_gain(self.repo, row)
         res = measure_exposure(exp, self.config, label)
         info = exp.info
         header = {"VISIT": int(info.visit), "CCD": int(info.ccd),
@@ -323,30 +321,6 @@ class DetectSourcesTask(CmdLineTask):
             sky_level=res.sky_level, sky_noise=res.sky_noise, n_sources=res.n_sources,
             n_stars=res.n_stars)
         return {"n_sources": res.n_sources, "n_stars": res.n_stars, "psf_fwhm": fwhm}
-
-
-def instrument_gain(repo, row) -> float | None:
-    """The CCD's gain (e-/count) through the instrument's keyword list, or None.
-
-    Foreign files (DECam CP: ``GAINA``) keep the gain under instrument-specific
-    keywords that :func:`load_exposure` does not read; source Poisson noise needs it.
-    """
-    from ..image.fits_io import merged_header, open_fits
-    from ..repo.exposure_io import _hdu, _instrument
-
-    inst = _instrument(row.get("instrument") or "generic")
-    override = inst.ccd_override(row.get("ccd"), row.get("ccdname")).get("gain")
-    if override:
-        return float(override)
-    with open_fits(repo.exposure_path(row)) as hdul:
-        hdu = _hdu(row.get("hdu"))
-        header = merged_header(hdul, hdul[hdu if hdu is not None else 0])
-    value = inst.lookup("gain", header)
-    try:
-        gain = float(value)
-    except (TypeError, ValueError):
-        return None
-    return gain if np.isfinite(gain) and gain > 0 else None
 
 
 def main():
