@@ -145,3 +145,16 @@ def test_sparse_ccd_is_dropped_with_reason(synth):
     res = fit_jointcal(det.take(keep), images, ref, JointcalConfig())
     assert (2, 1) in res.dropped and "minMeasurementsPerCcd" in res.dropped[(2, 1)]
     assert len(res.images) == 29
+
+
+def test_headers_without_distortion_are_refined_per_ccd():
+    # headers ignore a distortion of ~3 arcsec at the field edge: beyond the 1 arcsec
+    # association radius until each CCD's affine touch-up
+    det, images, ref, truth = make_synthetic(n_visits=4, ccd_grid=(3, 2), stars_per_ccd=200,
+                                             seed=5, k=1e-7, header_distortion=False)
+    fx, fy = truth.focal(0, np.array([0.0]), np.array([0.0]))
+    assert truth.k * (fx[0] ** 2 + fy[0] ** 2) ** 1.5 > 2.0  # arcsec at a corner
+    res = fit_jointcal(det, images, ref, JointcalConfig())
+    assert len(res.images) == 24
+    mas, mmag = _scores(res, truth)
+    assert mas < 5.0 and mmag < 3.0

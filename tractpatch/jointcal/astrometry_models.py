@@ -189,8 +189,12 @@ class ConstrainedAstrometryModel:
     # --- evaluation ---------------------------------------------------------------
     def evaluate(self, theta, img, u, v):
         """Tangent-plane (xi, eta) arcsec of normalised CCD coordinates of images ``img``."""
-        xi, eta, *_ = self.derivatives(theta, np.broadcast_to(img, np.shape(u)), u, v)
-        return xi, eta
+        img = np.broadcast_to(img, np.shape(u))
+        fx, fy = self._focal(theta, self.image_ccd[img], np.asarray(u, float),
+                             np.asarray(v, float))
+        B = monomials(fx / self.scale, fy / self.scale, self.order)
+        pbase = self.image_visit[img][:, None] * 2 * self.nt + np.arange(self.nt)[None, :]
+        return (B * theta[pbase]).sum(axis=1), (B * theta[pbase + self.nt]).sum(axis=1)
 
     def derivatives(self, theta, img, u, v):
         """xi, eta and their parameter columns/derivatives ``(ix, dx, ie, de)``."""

@@ -136,7 +136,9 @@ def solve_step(rows: Rows, free_map: np.ndarray, n_free: int, n_star: int,
             # only the model parameters this chunk of stars touches (stars are numbered
             # roughly by position, so a chunk sees few CCDs): a small dense block
             ir = idx[order[starts[k0]:starts[k1]]]
-            touched = np.unique(ir[ir >= 0])
+            mark = np.zeros(n_free + 1, bool)
+            mark[ir] = True  # -1 lands on the extra last slot
+            touched = np.nonzero(mark[:n_free])[0]
             if len(touched) == 0:
                 continue
             local[touched] = np.arange(len(touched))
@@ -215,8 +217,8 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
                  tol: float = 1e-4, dense_limit: int = 8000) -> FitResult:
     """Minimise ``problem``'s chi^2 over the free parameters (in place).
 
-    ``problem.rows(theta, stars)`` returns :class:`Rows`; ``problem.n_star`` the number of
-    star parameters. A step that raises chi^2 is halved up to 6 times; if it still does
+    ``problem.rows(theta, stars)`` returns :class:`Rows`, ``problem.chi2(theta, stars)``
+    the chi^2 alone (for trial steps); ``problem.n_star`` the number of star parameters. A step that raises chi^2 is halved up to 6 times; if it still does
     not decrease the fit is declared diverged (:class:`DataQualityError`).
     """
     free_theta = np.asarray(free_theta, bool)
@@ -226,17 +228,18 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
     n_star = problem.n_star if fit_stars else 0
     rows = problem.rows(theta, stars)
     chi2 = float(rows.r @ rows.r)
+    n_rows = len(rows.r)
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
         dt, ds = solve_step(rows, free_map, n_free, n_star, dense_limit)
+        rows = None  # free the Jacobian while trial steps are evaluated
         step = 1.0
         for _ in range(7):
             t_new = theta.copy()
             t_new[free_theta] += step * dt
             s_new = stars + step * ds if n_star else stars
-            new_rows = problem.rows(t_new, s_new)
-            new_chi2 = float(new_rows.r @ new_rows.r)
+            new_chi2 = problem.chi2(t_new, s_new)  # residuals only, no derivatives
             if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
                 break
             step *= 0.5
@@ -250,11 +253,12 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
         theta[:] = t_new
         if n_star:
             stars[:] = s_new
-        rows = new_rows
         rel = (chi2 - new_chi2) / max(new_chi2, 1e-300)
         chi2 = new_chi2
         if rel < tol:
             converged = True
             break
-    ndof = len(rows.r) - n_free - n_star
+        if it < max_iter:
+            rows = problem.rows(theta, stars)
+    ndof = n_rows - n_free - n_star
     return FitResult(chi2, int(ndof), it, converged)

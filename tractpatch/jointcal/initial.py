@@ -156,3 +156,48 @@ def find_visit_offset(visit: int, xi, eta, ref_xi, ref_eta, max_offset: float = 
     rms = float(np.sqrt(np.mean(d[ok] ** 2))) if ok.any() else np.nan
     return VisitOffset(visit, float(shift[0]), float(shift[1]), float(rot_total), center,
                        int(ok.sum()), rms)
+
+
+@dataclass
+class ImageCorrection:
+    """Affine correction of one CCD image's header positions after the visit offset:
+    ``p + c + M (p - centre)`` (arcsec), absorbing header distortion errors of a few
+    arcsec that the association radius would not tolerate."""
+
+    centre: tuple[float, float]
+    shift: tuple[float, float]
+    matrix: tuple[tuple[float, float], tuple[float, float]]
+    n_matched: int
+
+    def apply(self, xi, eta):
+        dx, dy = np.asarray(xi) - self.centre[0], np.asarray(eta) - self.centre[1]
+        (a, b), (c, d) = self.matrix
+        return (xi + self.shift[0] + a * dx + b * dy, eta + self.shift[1] + c * dx + d * dy)
+
+
+def refine_image(xi, eta, ref_tree, ref_xi, ref_eta, radii=(3.0, 1.5, 0.75),
+                 min_matches: int = 8) -> ImageCorrection | None:
+    """Affine correction of one image by matching to references with shrinking radii.
+
+    Returns None (no correction) when too few detections match.
+    """
+    centre = (float(np.mean(xi)), float(np.mean(eta)))
+    corr = ImageCorrection(centre, (0.0, 0.0), ((0.0, 0.0), (0.0, 0.0)), 0)
+    for k, radius in enumerate(radii):
+        px, py = corr.apply(xi, eta)
+        d, j = ref_tree.query(np.column_stack([px, py]), distance_upper_bound=radius)
+        ok = np.isfinite(d)
+        if ok.sum() < min_matches:
+            return None if k == 0 else corr
+        rx, ry = ref_xi[j[ok]] - xi[ok], ref_eta[j[ok]] - eta[ok]
+        if k == 0:  # a shift first: robust to the wrong matches of the wide radius
+            corr = ImageCorrection(centre, (float(np.median(rx)), float(np.median(ry))),
+                                   ((0.0, 0.0), (0.0, 0.0)), int(ok.sum()))
+            continue
+        a = np.column_stack([np.ones(ok.sum()), xi[ok] - centre[0], eta[ok] - centre[1]])
+        cx = np.linalg.lstsq(a, rx, rcond=None)[0]
+        cy = np.linalg.lstsq(a, ry, rcond=None)[0]
+        corr = ImageCorrection(centre, (float(cx[0]), float(cy[0])),
+                               ((float(cx[1]), float(cx[2])), (float(cy[1]), float(cy[2]))),
+                               int(ok.sum()))
+    return corr

@@ -73,8 +73,20 @@ class AstrometryProblem:
 
     def measurement_chi2(self, theta, stars):
         """chi^2 (2 dof) of every measurement, rejected ones included."""
-        sel, rx, ry, _ = self.residuals(theta, stars, active_only=False)
-        return (rx ** 2 + ry ** 2) / self.meas.sigma ** 2
+        m = self.meas
+        xi, eta = self.model.evaluate(theta, m.img, m.u, m.v)
+        k = m.star
+        rx = xi - stars[k] - self.pm_xi[k] * m.dt
+        ry = eta - stars[self.n_stars + k] - self.pm_eta[k] * m.dt
+        return (rx ** 2 + ry ** 2) / m.sigma ** 2
+
+    def chi2(self, theta, stars) -> float:
+        """Total chi^2 of the active measurements and the reference terms."""
+        c = self.measurement_chi2(theta, stars)[self.active].sum()
+        s = self.ref_star
+        c += (((stars[s] - self.ref_xi) / self.ref_sigma) ** 2).sum()
+        c += (((stars[self.n_stars + s] - self.ref_eta) / self.ref_sigma) ** 2).sum()
+        return float(c)
 
 
 class PhotometryProblem:
@@ -116,3 +128,9 @@ class PhotometryProblem:
         m = self.meas
         calib, _, _ = self.model.derivatives(theta, m.img, m.u, m.v)
         return ((m.flux * calib - stars[m.star]) / self.sigma) ** 2
+
+    def chi2(self, theta, stars) -> float:
+        """Total chi^2 of the active measurements and the reference terms."""
+        c = self.measurement_chi2(theta, stars)[self.active].sum()
+        c += (((stars[self.ref_star] - self.ref_flux) / self.ref_err) ** 2).sum()
+        return float(c)

@@ -15,7 +15,7 @@ from ..errors import DataQualityError, UserError
 from .association import associate, match_references
 from .astrometry_models import ConstrainedAstrometryModel, SimpleAstrometryModel
 from .fitter import FitResult, gauss_newton
-from .initial import VisitOffset, find_visit_offset, header_positions
+from .initial import VisitOffset, find_visit_offset, header_positions, refine_image
 from .inputs import CcdImage, Detections, RefCatalog
 from .photometry_models import ConstrainedPhotometryModel, SimplePhotometryModel
 from .problems import AstrometryProblem, Measurements, PhotometryProblem
@@ -119,6 +119,7 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
 
     # --- robust start: per-visit offset and rotation ------------------------------
     offsets = []
+    image_corr: dict = {}
     keep_det = det_img >= 0
     for visit in sorted(visit_mjd):
         sel = np.nonzero((det.visit == visit) & keep_det)[0]
@@ -146,6 +147,14 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
                  off.rotation_deg, off.n_matched, off.rms_arcsec)
         xi[sel], eta[sel] = off.apply(xi[sel], eta[sel])
         offsets.append(off)
+        # per-CCD affine touch-up: header distortion errors of a few arcsec
+        tree = cKDTree(np.column_stack([rx[inside], ry[inside]]))
+        for g in np.unique(det_img[sel]):
+            s = sel[det_img[sel] == g]
+            corr = refine_image(xi[s], eta[s], tree, rx[inside], ry[inside])
+            if corr is not None:
+                xi[s], eta[s] = corr.apply(xi[s], eta[s])
+                image_corr[g] = corr
     off_by_visit = {o.visit: o for o in offsets}
     if not offsets:
         raise UserError("no visit's detections match the reference catalog within "
@@ -226,6 +235,8 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         ra, dec = im.wcs.all_pix2world(x, y, 0)
         a, b = project(ra, dec, *tangent)
         a, b = off_by_visit[im.visit].apply(a, b)
+        if kept[g] in image_corr:
+            a, b = image_corr[kept[g]].apply(a, b)
         uu, vv_ = normalized(x, y, im.nx, im.ny)
         gi.append(np.full(len(x), g))
         gu.append(uu)
@@ -317,8 +328,9 @@ def _staged_fit(problem, theta, stars, fixed, config, what, dof):
     free = ~fixed
     kw = dict(max_iter=config.maxIterations, tol=config.convergenceTolerance,
               dense_limit=config.denseLimit)
-    gauss_newton(problem, theta, stars, free, False, **kw)
-    gauss_newton(problem, theta, stars, np.zeros_like(free), True, **kw)
+    start = dict(kw, max_iter=min(2, config.maxIterations))  # a start, not a solution
+    gauss_newton(problem, theta, stars, free, False, **start)
+    gauss_newton(problem, theta, stars, np.zeros_like(free), True, **start)
     fit = gauss_newton(problem, theta, stars, free, True, **kw)
     for rnd in range(config.maxOutlierRounds):
         chi2 = problem.measurement_chi2(theta, stars)

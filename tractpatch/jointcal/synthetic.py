@@ -83,7 +83,8 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
                    stars_per_ccd=200, dither=60.0, pointing_error=8.0,
                    rotation_error=0.08, ref_fraction=0.7, k=2e-9, seed=1,
                    ra0=150.0, dec0=2.0, mjd0=57000.0, ref_epoch=57000.0, pm_sigma=10.0,
-                   centroid_floor=0.01, rotator_range=3.0):
+                   centroid_floor=0.01, rotator_range=3.0,
+                   header_distortion=True):
     """Detections, header-WCS CCD images, a reference catalog and the truth.
 
     Returns
@@ -151,7 +152,8 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
                                     x + rng.normal(0, 1, n) * sig,
                                     y + rng.normal(0, 1, n) * sig, sig, sig,
                                     counts + rng.normal(0, 1, n) * ferr, ferr))
-            images.append(CcdImage(v, c, _header_wcs(truth, v, c, perr, eps), nx, ny, mjd,
+            images.append(CcdImage(v, c, _header_wcs(truth, v, c, perr, eps,
+                                                    header_distortion), nx, ny, mjd,
                                    "r"))
     det = Detections.concatenate(parts)
     inref = rng.random(n_stars) < ref_fraction
@@ -166,8 +168,13 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
     return det, images, refcat, truth
 
 
-def _header_wcs(truth, visit, ccd, pointing_error, rotation_deg):
-    """Linear TAN WCS of the truth at the CCD centre, spoiled per visit."""
+def _header_wcs(truth, visit, ccd, pointing_error, rotation_deg, distortion=True):
+    """Linear TAN WCS of the truth at the CCD centre, spoiled per visit; without
+    ``distortion`` the header ignores the optical distortion (raw telescope headers)."""
+    if not distortion:
+        import dataclasses
+
+        truth = dataclasses.replace(truth, k=0.0)
     cx, cy = truth.nx / 2, truth.ny / 2
     ra0, dec0 = truth.pixel_to_sky(visit, ccd, np.array([cx]), np.array([cy]))
     d = 1.0
