@@ -222,3 +222,29 @@ def test_bad_ids_end_in_one_line(coadd):
     p = run_cmd("coaddDriver.py", coadd["root"], "--rerun", "coadd", "--id", "tract=0",
                 "filter=HSC-R", "patch=3,1", check=2)
     assert "tract 0 has patches 0..0,0..0" in p.stderr
+
+
+def test_warps_written_on_request(coadd):
+    from conftest import run_cmd
+
+    root = coadd["root"]
+    run_cmd("coaddDriver.py", root, "--rerun", "coadd:warps", "--id", "tract=0",
+            "filter=HSC-R", "--selectId", "visit=1000^1002", "--config",
+            "doWriteWarps=True", "statistic=MEDIAN", "--no-progress", check=0)
+    repo = Repository(root, rerun="warps")
+    with fits.open(repo.path("deepCoadd", filter="HSC-R", tract=0, patch="0,0")) as h:
+        assert h[0].header["STATISTC"] == "MEDIAN" and h[0].header["NVISITS"] == 2
+        coadd_wcs = WCS(h["IMAGE"].header)
+    for visit in (1000, 1002):
+        path = repo.path("deepCoadd_warp", filter="HSC-R", tract=0, patch="0,0",
+                         visit=visit)
+        with fits.open(path) as h:
+            assert h[0].header["VISIT"] == visit
+            x0, y0 = h[0].header["BBOX_X0"], h[0].header["BBOX_Y0"]
+            img = h["IMAGE"].data
+            nodata = (h["MASK"].data & (1 << 8)) != 0
+            assert img.shape == h["VARIANCE"].data.shape and 0.2 < nodata.mean() < 0.9
+            # the warp's WCS is the patch WCS shifted to its box
+            w = WCS(h["IMAGE"].header)
+            assert np.allclose(w.pixel_to_world_values(3.0, 4.0),
+                               coadd_wcs.pixel_to_world_values(x0 + 3.0, y0 + 4.0))
