@@ -105,7 +105,8 @@ def warp_to_disk(exposure: Exposure, wcs: WCS, shape, config: CoaddDriverConfig,
     visit, ccd = exposure.info.visit, exposure.info.ccd
     files = {}
     for plane, data in (("image", w.image), ("variance", w.variance), ("mask", w.mask)):
-        p = workdir / f"{visit}-{ccd}-{plane}.npy"
+        # ".tmp-" names: showLedger.py --clean-tmp removes what a killed run leaves
+        p = workdir / f".tmp-{visit}-{ccd}-{plane}.npy"
         np.save(p, data)
         files[plane] = p
     # the typical variance (for the visit weight): a median over a subsample suffices
@@ -220,7 +221,7 @@ def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,
         None when no exposure overlaps the patch.
     """
     config = config or CoaddDriverConfig()
-    with tempfile.TemporaryDirectory(prefix="coadd-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tmp-coadd-", dir=workdir) as tmp:
         tmp = Path(tmp)
         warps = []
         mask_planes = MaskPlanes()
