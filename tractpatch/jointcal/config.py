@@ -30,6 +30,9 @@ class JointcalConfig(TaskConfig):
                                       "Chebyshev (constrained)")
     minSnr: float = Field(10.0, description="minimum PSF S/N of a fitted source")
     requireStar: bool = Field(True, description="use only is_star sources")
+    photometryRefMinSnr: float = Field(20.0, ge=0, description="reference fluxes constrain "
+                                       "only stars whose median S/N reaches this: near the "
+                                       "minSnr cut, selected measurements are biased bright")
     matchRadius: float = Field(1.0, gt=0, description="cross-visit association radius (arcsec)")
     refMatchRadius: float = Field(1.0, gt=0, description="reference match radius (arcsec)")
     minMeasurementsPerCcd: int = Field(20, ge=1, description="CCDs with fewer associated "

@@ -2,7 +2,8 @@
 
 Astrometry: for each kept measurement, model(x, y) - (star + pm * dt) in xi and eta,
 divided by the measurement error; for each reference-matched star, star - reference.
-Photometry: flux * calib(x, y) - star flux over its error; star flux - reference flux.
+Photometry: measured counts - star flux / calib(x, y) over the count error; star flux -
+reference flux over its error.
 Star parameters: astrometry ``[xi_0..xi_K-1, eta_0..eta_K-1]`` (arcsec), photometry
 ``F_0..F_K-1`` (nJy).
 """
@@ -93,11 +94,13 @@ class PhotometryProblem:
     """Residual rows of the photometric fit (see the module docstring)."""
 
     def __init__(self, model, meas: Measurements, n_stars: int, ref_index, ref_flux,
-                 ref_flux_err, pedestal: float):
+                 ref_flux_err, pedestal: float, usable=None):
         self.model, self.meas, self.n_star = model, meas, n_stars
         self.active = np.ones(len(meas.img), bool)
         ok = ref_index >= 0
         ok[ok] &= np.isfinite(ref_flux[ref_index[ok]]) & (ref_flux_err[ref_index[ok]] > 0)
+        if usable is not None:
+            ok &= usable
         self.ref_star = np.nonzero(ok)[0]
         self.ref_flux = ref_flux[ref_index[self.ref_star]]
         self.ref_err = ref_flux_err[ref_index[self.ref_star]]
@@ -105,19 +108,23 @@ class PhotometryProblem:
         self.sigma = None
 
     def set_sigma(self, theta):
-        """Errors in nJy at the current calibration (fixed during one Gauss-Newton fit)."""
+        """Measurement errors in counts (fixed during one Gauss-Newton fit)."""
         m = self.meas
-        calib, _, _ = self.model.derivatives(theta, m.img, m.u, m.v)
-        self.sigma = np.hypot(m.flux_err * calib, self.pedestal * m.flux * calib)
+        self.sigma = np.hypot(m.flux_err, self.pedestal * m.flux)
 
     def rows(self, theta, stars) -> Rows:
+        # Residuals in counts, measured minus predicted F / calib: invariant under the
+        # scale degeneracy (calib, F) -> (a calib, a F). Residuals in nJy with errors
+        # fixed in nJy would reward shrinking both, biasing the absolute calibration by
+        # ~1e-4 * chi2 / (number of reference stars), i.e. by mmag with many visits.
         m = self.meas
         sel = np.nonzero(self.active)[0]
         calib, idx, val = self.model.derivatives(theta, m.img[sel], m.u[sel], m.v[sel])
         w = 1.0 / self.sigma[sel]
         k = m.star[sel]
-        meas = Rows(idx, val * (m.flux[sel] * w)[:, None], k, -w,
-                    (m.flux[sel] * calib - stars[k]) * w)
+        pred = stars[k] / calib
+        meas = Rows(idx, val * (pred / calib * w)[:, None], k, -w / calib,
+                    (m.flux[sel] - pred) * w)
         s = self.ref_star
         wr = 1.0 / self.ref_err
         ref = Rows(np.full((len(s), 1), -1), np.zeros((len(s), 1)), s, wr,
@@ -127,7 +134,7 @@ class PhotometryProblem:
     def measurement_chi2(self, theta, stars):
         m = self.meas
         calib, _, _ = self.model.derivatives(theta, m.img, m.u, m.v)
-        return ((m.flux * calib - stars[m.star]) / self.sigma) ** 2
+        return ((m.flux - stars[m.star] / calib) / self.sigma) ** 2
 
     def chi2(self, theta, stars) -> float:
         """Total chi^2 of the active measurements and the reference terms."""

@@ -286,8 +286,14 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         rf = np.where(ref_index >= 0, refcat.flux[np.maximum(ref_index, 0)], np.nan)
         ratio = rf[star_of] / meas.flux
         ptheta = pmodel.initialize(img, ratio)
+        # median S/N per star (sort by star, then take the middle measurement)
+        snr = meas.flux / meas.flux_err
+        o = np.lexsort((snr, star_of))
+        first = np.searchsorted(star_of[o], np.arange(n_stars))
+        med_snr = snr[o][first + (cnt - 1) // 2]
         pprob = PhotometryProblem(pmodel, meas, n_stars, ref_index, refcat.flux,
-                                  refcat.flux_err, config.photometryErrorPedestal)
+                                  refcat.flux_err, config.photometryErrorPedestal,
+                                  med_snr >= config.photometryRefMinSnr)
         if len(pprob.ref_star) == 0:
             raise UserError("no fitted star has a reference flux in this filter; check "
                             "photometryRefCat and its colour terms for the filter")

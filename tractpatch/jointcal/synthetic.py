@@ -84,7 +84,7 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
                    rotation_error=0.08, ref_fraction=0.7, k=2e-9, seed=1,
                    ra0=150.0, dec0=2.0, mjd0=57000.0, ref_epoch=57000.0, pm_sigma=10.0,
                    centroid_floor=0.01, rotator_range=3.0,
-                   header_distortion=True):
+                   header_distortion=True, visit_spacing_days=30.0):
     """Detections, header-WCS CCD images, a reference catalog and the truth.
 
     Returns
@@ -129,7 +129,7 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
     pmdec = rng.normal(0, pm_sigma, n_stars)
     parts, images = [], []
     for v in range(n_visits):
-        mjd = mjd0 + 30.0 * v
+        mjd = mjd0 + visit_spacing_days * v
         dt = (mjd - ref_epoch) / 365.25
         ra_v = sra + pmra * dt / 3.6e6 / np.cos(np.radians(sdec))
         dec_v = sdec + pmdec * dt / 3.6e6
