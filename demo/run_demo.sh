@@ -22,7 +22,7 @@ makeDiscreteSkyMap.py "$ROOT" --rerun $RERUN --id filter=HSC-R^HSC-I
 
 for f in HSC-R HSC-I; do
   step "jointcal $f: joint astrometric + photometric fit against ref_cats/sim, diagnostics"
-  jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0 --diagnostics
+  jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0
 done
 
 step "calibrateExposure / calibrateCatalog: apply the fits to every CCD and catalog"
@@ -34,8 +34,8 @@ for f in HSC-R HSC-I; do
   coaddDriver.py "$ROOT" --rerun $RERUN --id tract=0 filter=$f -j $J
 done
 
-step "makeColorImage: RGB picture of tract 0"
-makeColorImage.py "$ROOT" --rerun $RERUN --tract 0 --filters HSC-I HSC-R
+step "makeColorImage: colour picture of tract 0 (HSC-I red, HSC-R blue)"
+makeColorImage.py "$ROOT" --rerun $RERUN --tract 0 --filters HSC-I HSC-R --bin 2
 
 step "makeReport: the HTML report (with accuracy against the simulator's truth)"
 makeReport.py "$ROOT" --rerun $RERUN

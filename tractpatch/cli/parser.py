@@ -6,7 +6,7 @@ import argparse
 from ..errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """argparse that raises UserError (one line, exit 2) instead of printing usage."""
 
     def error(self, message):
@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 def make_parser(prog: str, description: str, uses_ids: bool = True,
                 needs_rerun: bool = True) -> argparse.ArgumentParser:
     """The shared parser: ``ROOT --rerun [IN:]OUT --id ... --config ... -j N ...``."""
-    p = _Parser(prog=prog, description=description)
+    p = CommandParser(prog=prog, description=description)
     p.add_argument("root", metavar="ROOT", help="data repository root")
     p.add_argument("--calib", metavar="DIR", help="calibration root (accepted for "
                    "hscPipe compatibility; unused)")

@@ -12,7 +12,6 @@ image is the patches' inner boxes pasted side by side (no resampling); ``--bin``
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -20,6 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..atomic import atomic_path
+from ..cli.parser import CommandParser
 from ..cli.task import simple_main
 from ..errors import UserError
 from ..repo import Repository
@@ -90,13 +90,15 @@ def color_image(r, g, b, q: float = 8.0, stretch: float | None = None) -> np.nda
 
 
 def _body(argv) -> int:
-    p = argparse.ArgumentParser(prog="makeColorImage.py", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="makeColorImage.py", description=__doc__.splitlines()[0])
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--rerun", required=True)
     p.add_argument("--tract", type=int, required=True)
     p.add_argument("--patch", help="x,y (default: the whole tract)")
-    p.add_argument("--filters", nargs=3, required=True, metavar=("RED", "GREEN", "BLUE"))
-    p.add_argument("--out", help="PNG path (default color-<tract>[-<patch>].png)")
+    p.add_argument("--filters", nargs="+", required=True, metavar="FILTER",
+                   help="RED GREEN BLUE, or RED BLUE (green is then their mean)")
+    p.add_argument("--out", help="PNG path (default rerun/R/deepCoadd/"
+                   "color-<tract>[-<patch>].png)")
     p.add_argument("--Q", type=float, default=8.0, help="asinh softening (Lupton Q)")
     p.add_argument("--stretch", type=float, help="linear range (coadd units)")
     p.add_argument("--bin", type=int, default=1, help="sum bin x bin pixels")
@@ -118,9 +120,15 @@ def _body(argv) -> int:
         except (ValueError, IndexError, KeyError):
             raise UserError(f"--patch {args.patch}: expected x,y of a patch of tract "
                             f"{args.tract}") from None
+    if len(args.filters) not in (2, 3):
+        raise UserError(f"--filters {' '.join(args.filters)}: give three filters (red green "
+                        "blue) or two (red blue; green is their mean)")
     bands = [bin_image(band_image(repo, tract, f, patch), args.bin) for f in args.filters]
+    if len(bands) == 2:  # two-band colour image: green is the mean of red and blue
+        bands = [bands[0], 0.5 * (bands[0] + bands[1]), bands[1]]
     rgb = color_image(*bands, q=args.Q, stretch=args.stretch)
-    out = args.out or f"color-{args.tract}{'-' + patch.name if patch else ''}.png"
+    name = f"color-{args.tract}{'-' + patch.name if patch else ''}.png"
+    out = args.out or repo.rerun_dir / "deepCoadd" / name
     import matplotlib.image
 
     with atomic_path(out) as tmp:

@@ -15,7 +15,6 @@ MASK, VARIANCE with the cutout WCS and the coadd zero point.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -27,6 +26,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from ..atomic import atomic_path, write_fits_atomic
+from ..cli.parser import CommandParser
 from ..cli.task import simple_main
 from ..errors import UserError
 from ..image import MaskPlanes, wcs_to_header
@@ -151,7 +151,7 @@ def write_png(path, image: np.ndarray) -> None:
 
 
 def _body(argv) -> int:
-    p = argparse.ArgumentParser(prog="cutout.py", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="cutout.py", description=__doc__.splitlines()[0])
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--rerun", required=True)
     p.add_argument("--ra", type=float, required=True, help="deg")

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ..cli.parser import _Parser
+from ..cli.parser import CommandParser
 from ..cli.task import simple_main
 from ..errors import UserError
 from .config import IngestRefCatConfig
@@ -24,7 +24,7 @@ log = logging.getLogger("ingestReferenceCatalog")
 def _ingest_body(argv) -> int:
     from .ingest import ingest_catalog
 
-    p = _Parser(prog="ingestReferenceCatalog.py",
+    p = CommandParser(prog="ingestReferenceCatalog.py",
                 description="Ingest FITS/CSV/Parquet tables as a HEALPix-sharded "
                 "reference catalog under ROOT/ref_cats/NAME")
     p.add_argument("root", metavar="ROOT")
@@ -60,7 +60,7 @@ def ingest_main(argv=None) -> int:
 def _fetch_body(argv) -> int:
     from .fetch import SERVICES, fetch_catalog
 
-    p = _Parser(prog="fetchReferenceCatalog.py",
+    p = CommandParser(prog="fetchReferenceCatalog.py",
                 description="Fetch Gaia DR3, PS1 DR2 or SDSS DR16 stars of a sky area "
                 "into ROOT/ref_cats/NAME (resumable)")
     p.add_argument("root", metavar="ROOT")

@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli.parser import _Parser
+from ..cli.parser import CommandParser
 from ..cli.task import simple_main
 from ..errors import UserError
 from .ingest import MODES, ingest_files
@@ -16,7 +16,7 @@ log = logging.getLogger("ingestImages")
 
 
 def _body(argv) -> int:
-    p = _Parser(prog="ingestImages.py", description="Ingest CCD images into a repository")
+    p = CommandParser(prog="ingestImages.py", description="Ingest CCD images into a repository")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("files", nargs="+", metavar="FILES")
     p.add_argument("--mode", default="link", choices=MODES)

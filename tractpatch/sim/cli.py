@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..cli.parser import _Parser
+from ..cli.parser import CommandParser
 from ..cli.task import simple_main
 from .config import PRESETS, preset_config
 
@@ -13,7 +13,7 @@ log = logging.getLogger("makeDemoRepo")
 
 
 def _body(argv) -> int:
-    p = _Parser(prog="makeDemoRepo.py",
+    p = CommandParser(prog="makeDemoRepo.py",
                 description="Simulate an HSC-like survey with known truth into ROOT/sim "
                 "and ingest it into the repository ROOT")
     p.add_argument("root", metavar="ROOT")

@@ -12,7 +12,7 @@ import yaml
 from pydantic import Field
 
 from ..cli.config import TaskConfig
-from ..cli.parser import _Parser
+from ..cli.parser import CommandParser
 from ..cli.task import CmdLineTask, simple_main
 from ..errors import UserError
 from ..repo.dataid import DataIdSpec, parse_id_args
@@ -241,7 +241,7 @@ log_find = logging.getLogger("findTractPatch")
 
 
 def _find_body(argv) -> int:
-    p = _Parser(prog="findTractPatch.py", description="Which tracts and patches hold "
+    p = CommandParser(prog="findTractPatch.py", description="Which tracts and patches hold "
                 "a position (--radec RA DEC) or overlap CCDs (--id visit=... ccd=...)")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--rerun", required=True, metavar="[IN:]OUT")
