@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..repo.dataid import parse_id_args
 from ..repo.registry import rerun as rerun_table
 from ..repo.repository import Repository
-from .parser import _Parser
+from .parser import CommandParser
 from .task import simple_main
 
 #: the classes of a ledger row, in the order of the summary columns
@@ -113,7 +113,7 @@ def clean_tmp(rerun_dir: Path, min_age: float) -> list[Path]:
 
 
 def _body(argv) -> int:
-    p = _Parser(prog="showLedger.py",
+    p = CommandParser(prog="showLedger.py",
                 description="List pending, running, faulted and flagged units of a rerun")
     p.add_argument("root", metavar="ROOT", help="data repository root")
     p.add_argument("--rerun", required=True, metavar="R", help="rerun to report on")
