@@ -160,3 +160,22 @@ def test_headers_without_distortion_are_refined_per_ccd():
     assert res.counts["prepared_refStars"] > 850  # ~1000 with it
     mas, mmag = _scores(res, truth)
     assert mas < 5.0 and mmag < 3.0
+
+
+def test_unreadable_src_is_one_line_user_error(tmp_path):
+    from tractpatch.jointcal.inputs import read_src
+
+    bad = tmp_path / "SRC-0000001-000.fits"
+    bad.write_bytes(b"not a FITS file")
+    with pytest.raises(UserError, match="SRC-0000001-000.fits.*detectSources"):
+        read_src(bad)
+
+
+def test_singular_system_has_clear_message():
+    from tractpatch.jointcal.fitter import SingularSystemError, _cholesky_solve
+
+    H = np.array([[1.0, 1.0], [1.0, 1.0]])  # two parameters only their sum constrains
+    with pytest.raises(SingularSystemError, match="degeneracy|singular"):
+        _cholesky_solve(H, np.ones(2))
+    with pytest.raises(SingularSystemError, match="not constrained"):
+        _cholesky_solve(np.diag([1.0, 0.0]), np.ones(2))
