@@ -2,4 +2,5 @@
 """Joint astrometric and photometric calibration of a tract (tractpatch.jointcal.task)."""
 from tractpatch.jointcal.task import main
 
-main()
+if __name__ == "__main__":
+    main()
