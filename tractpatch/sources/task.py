@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import sep
 from astropy.wcs.utils import proj_plane_pixel_scales
 from pydantic import Field
 
@@ -23,8 +24,9 @@ from ..image.exposure import Exposure
 from ..repo.exposure_io import load_exposure
 from .background import estimate_background, source_mask
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
-from .classify import StellarLocus, aperture_correction, is_star, stellar_locus
+from .classify import StellarLocus, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
+from .growth import GrowthCurve, fit_growth_curve
 from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux,
                       mask_flags, windowed_centroids)
 
@@ -71,6 +73,28 @@ class DetectSourcesConfig(TaskConfig):
     star_nsigma: float = Field(3.0, ge=0, description="error multiple in the star test")
     star_min_size: float = Field(0.7, ge=0, description="a star's FWHM exceeds this "
                                  "fraction of the PSF FWHM (cosmic rays are sharper)")
+    growth_outer_fwhm: float = Field(3.0, gt=0, description="outer radius of the "
+                                     "growth curves, in PSF FWHMs (at least 1.25 x the "
+                                     "largest aperture, capped by growth_max_radius and "
+                                     "the CCD size)")
+    growth_max_radius: float = Field(40.0, gt=0, description="largest growth-curve "
+                                     "aperture radius (pixels)")
+    growth_min_stars: int = Field(5, ge=1, description="fewer isolated bright stars: "
+                                  "the aperture correction to total flux falls back to a "
+                                  "Moffat of fallback_beta (header GROWMETH=fallback)")
+    growth_isolation_ratio: float = Field(0.01, gt=0, description="a growth star has no "
+                                          "detection brighter than this fraction of it "
+                                          "within its sky annulus")
+    growth_max_error: float = Field(0.02, gt=0, description="growth stars have a "
+                                    "sky-noise error of their outer-aperture flux below "
+                                    "this fraction")
+    growth_core_fwhm: float = Field(1.0, gt=0, description="radius (PSF FWHMs) of the "
+                                    "core aperture that puts the Gaussian PSF flux on "
+                                    "the growth curve's scale, on all isolated locus "
+                                    "stars (least sky noise)")
+    fallback_beta: float | None = Field(3.0, description="Moffat beta assumed for the "
+                                        "correction beyond the largest aperture when the "
+                                        "growth curve cannot be fitted (None: none)")
     default_fwhm: float = Field(4.0, gt=0, description="PSF FWHM (pixels) used when a "
                                 "CCD has no star for the locus")
     use_gain: bool = Field(True, description="add source Poisson noise to the errors "
@@ -86,8 +110,9 @@ class SourceMeasurement:
     psf_fwhm_arcsec: float
     sky_level: float
     sky_noise: float
-    apcorr: float
+    apcorr: float     # Gaussian matched filter -> total flux (what flux_psf holds)
     n_apcorr: int
+    growth: GrowthCurve
     n_locus: int      # stars on the size locus (PSF FWHM reliable from ~3)
     psf_source: str   # locus | prior (header seeing) | default (config)
     n_sources: int
@@ -117,7 +142,7 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
         No usable pixel, or no source detected.
     """
     planes = _prepare_planes(exp, config, label)
-    data, bkg, objs = _sky_and_detect(planes, config, label)
+    data, bkg, objs, segmap = _sky_and_detect(planes, config, label)
     var, bad8, mp = planes.var, planes.bad.view(np.uint8), exp.mask_planes
     gain = exp.info.gain if (config.use_gain and exp.info.gain) else None
     radii = list(config.aperture_radii)
@@ -144,13 +169,21 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                                             aps, radii, blended)
     psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
     g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
-    apcorr, n_ap = aperture_correction(f_max, g_flux, locus.members)
-    flux_psf = g_flux * apcorr
-    flux_psf_err = g_err * apcorr
+    growth = _growth_curve(data, planes, exp, config, x, y, locus.members, f_max, e_max,
+                           g_flux, psf_fwhm, max(radii), sig, objs, segmap, gain, fwhm)
+    apcorr, n_ap = growth.apcorr, growth.n_ref
+    # flux_psf and its error: one multiplicative correction per source (it varies
+    # smoothly over the CCD with the PSF size), so S/N is unchanged
+    corr = growth.apcorr_at(x, y)
+    flux_psf = g_flux * corr
+    flux_psf_err = g_err * corr
+    # the star test compares like with like: the PSF flux on the largest aperture's scale
+    flux_psf_ap = flux_psf / growth.apcorr_inf
     with np.errstate(divide="ignore", invalid="ignore"):
         elong = np.asarray(objs["a"], float) / np.asarray(objs["b"], float)
     locus_elong = float(np.median(elong[locus.members])) if locus.members.any() else None
-    star, _ = is_star(flux_psf, flux_psf_err, f_max, e_max, config.star_tolerance,
+    star, _ = is_star(flux_psf_ap, flux_psf_err / growth.apcorr_inf, f_max, e_max,
+                      config.star_tolerance,
                       config.star_nsigma, fwhm, psf_fwhm, config.star_min_size, elong,
                       locus_elong)
     flags = _flags(planes.satmask, mp, x, y, config.flag_radius_fwhm * psf_fwhm, blended)
@@ -177,7 +210,8 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
                              psf_fwhm_arcsec=float(locus.fwhm
                                                    * _pixel_scale_arcsec(exp.wcs)),
                              sky_level=bkg.global_level, sky_noise=bkg.global_rms,
-                             apcorr=apcorr, n_apcorr=n_ap, n_locus=n_locus,
+                             apcorr=apcorr, n_apcorr=n_ap, growth=growth,
+                             n_locus=n_locus,
                              psf_source=psf_source, n_sources=len(table),
                              n_stars=int(np.count_nonzero(star)))
 
@@ -218,7 +252,7 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
 
 
 def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
-    """Sky-subtracted image, the sky model and sep's detections."""
+    """Sky-subtracted image, the sky model, sep's detections and segmentation map."""
     image, bad = planes.image, planes.bad
     bkg = estimate_background(image, bad, config.background_box, config.background_filter)
     data = bkg.subtract(image, bad if planes.any_bad else None)
@@ -239,7 +273,32 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
         if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
             bkg = bkg2
             data = bkg.subtract(image, bad if planes.any_bad else None)
-    return data, bkg, objs
+    return data, bkg, objs, segmap
+
+
+def _growth_curve(data, planes, exp, config, x, y, stars, f_max, e_max, g_flux,
+                  psf_fwhm, r_ref, size, objs, segmap, gain, fwhm) -> GrowthCurve:
+    """The CCD's curve of growth on its isolated bright stars (:mod:`.growth`)."""
+    mp = exp.mask_planes
+    # no saturated, masked, interpolated or cosmic-ray pixel inside a growth aperture
+    reject = planes.bad | ((planes.satmask & mp.bitmask("SAT", "CR", "BAD", "INTRP",
+                                                         "SUSPECT", "NO_DATA")) != 0)
+    # local sky annuli leave out every detection's footprint and core ellipse
+    # (5 isophotal a, b: a galaxy's wings reach far), so neighbours do not bias it
+    others = segmap > 0
+    sep.mask_ellipse(others, objs["x"], objs["y"], objs["a"], objs["b"], objs["theta"],
+                     r=5.0)
+    bright = stars & (f_max > 0)
+    return fit_growth_curve(data, planes.var, reject, x, y, bright, f_max, e_max, g_flux, psf_fwhm,
+                            r_ref,
+                            size=size, sky_reject=reject | others, sky_sigma=float(np.sqrt(np.median(planes.var))),
+                            max_error=config.growth_max_error, gain=gain,
+                            core_fwhm=config.growth_core_fwhm, fwhm_star=fwhm,
+                            outer_fwhm=config.growth_outer_fwhm,
+                            max_radius=config.growth_max_radius,
+                            min_stars=config.growth_min_stars,
+                            isolation_ratio=config.growth_isolation_ratio,
+                            fallback_beta=config.fallback_beta)
 
 
 def _psf_locus(exp, config, satmask, x, y, fwhm, aps, radii, blended):
@@ -280,6 +339,28 @@ def _flags(mask, mp, x, y, radius, blended) -> np.ndarray:
     return bits
 
 
+def _growth_header(g: GrowthCurve) -> dict:
+    """Header keywords of the aperture correction (flux_psf = Gaussian flux x APCORR;
+    the old largest-aperture-scale flux is flux_psf / APCINF)."""
+    def fin(v):
+        return float(v) if np.isfinite(v) else None
+    cards = {"APCORR": (g.apcorr, "Gaussian PSF flux -> total flux (in flux_psf)"),
+            "APCREF": (g.apcorr_ref, "Gaussian PSF flux -> flux in APCRAD aperture"),
+            "APCINF": (g.apcorr_inf, "flux in APCRAD aperture -> total flux"),
+            "APCDX": (g.grad_x, "APCORR*exp(APCDX*(x/NX-.5)+APCDY*(y/NY-.5))"),
+            "APCDY": (g.grad_y, "gradient of ln APCORR along y (see APCDX)"),
+            "APCRAD": (g.r_ref, "[pix] reference aperture radius"),
+            "APCORRN": (g.n_ref, "stars setting the Gaussian -> aperture scale"),
+            "APCCORE": (fin(g.r_core), "[pix] core aperture radius of that scale"),
+            "GROWNSTR": (g.n_stars, "stars in the fitted growth curve"),
+            "GROWMETH": (g.method, "growth curve: moffat (fitted) or fallback"),
+            "GROWALPH": (fin(g.alpha), "[pix] Moffat alpha of the growth curve"),
+            "GROWBETA": (fin(g.beta), "Moffat beta of the growth curve"),
+            "GROWROUT": (fin(g.r_out), "[pix] outer growth-curve aperture radius"),
+            "GROWRMS": (fin(g.fit_rms), "RMS of the growth-curve fit (fraction)")}
+    return {k: v for k, v in cards.items() if v[0] is not None}
+
+
 class DetectSourcesTask(CmdLineTask):
     """Detect and measure sources on every selected CCD (one unit per CCD)."""
 
@@ -306,7 +387,7 @@ class DetectSourcesTask(CmdLineTask):
                   "NX": int(exp.shape[1]), "NY": int(exp.shape[0]),
                   "PSFFWHM": res.psf_fwhm_arcsec, "PSFFWPIX": res.psf_fwhm_pix,
                   "SKYLEVEL": res.sky_level, "SKYNOISE": res.sky_noise,
-                  "APCORR": res.apcorr, "APCORRN": res.n_apcorr,
+                  **_growth_header(res.growth),
                   "PSFNSTAR": res.n_locus, "PSFSRC": res.psf_source,
                   "NSOURCES": res.n_sources, "NSTARS": res.n_stars,
                   "CCDNAME": info.ccdname, "INSTRUME": info.instrument,
