@@ -49,6 +49,7 @@ class JointcalResult:
     offsets: list[VisitOffset]
     counts: dict
     dropped: dict = field(default_factory=dict)
+    focal: object = None  # (g, u, v) -> focal-plane (fx, fy) arcsec
 
     def image_index(self, visit: int, ccd: int) -> int:
         for g, im in enumerate(self.images):
@@ -87,6 +88,38 @@ def _grid(nx, ny, n=8):
     return gx.ravel(), gy.ravel()
 
 
+@dataclass
+class PreparedFit:
+    """Everything both solvers fit from: selected, associated, reference-matched
+    measurements and the header-derived start (see :func:`prepare_fit`).
+
+    ``grid`` holds header positions (offset-corrected, tangent plane, arcsec) on a pixel
+    grid of every kept image: ``(image, u, v, xi, eta)`` arrays to initialise the models.
+    """
+
+    images: list[CcdImage]
+    tangent: tuple[float, float]
+    meas: Measurements
+    n_stars: int
+    star_count: np.ndarray
+    star_xi: np.ndarray
+    star_eta: np.ndarray
+    ref_index: np.ndarray
+    refcat: RefCatalog
+    ref_xi: np.ndarray
+    ref_eta: np.ndarray
+    pm_xi: np.ndarray
+    pm_eta: np.ndarray
+    img_visit: np.ndarray
+    img_ccd: np.ndarray
+    visits: list
+    ccds: list
+    grid: tuple
+    offsets: list[VisitOffset]
+    counts: dict
+    dropped: dict
+
+
 def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
                  config) -> JointcalResult:
     """Jointly calibrate ``images`` from their ``det`` against ``refcat``.
@@ -97,6 +130,106 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         No reference stars, nothing left to fit.
     DataQualityError
         A singular or diverging fit.
+    """
+    prep = prepare_fit(det, images, refcat, config)
+    gi, gu, gv, gxi, geta = prep.grid
+    nv, nc = len(prep.visits), len(prep.ccds)
+    # reference CCD: the one seen in most visits, nearest the focal-plane centre
+    nvis_ccd = np.bincount(prep.img_ccd, minlength=nc)
+    if config.astrometryModel == "constrained":
+        amodel = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc,
+                                            config.astrometryVisitOrder)
+        theta0 = amodel.initialize(gi, gu, gv, gxi, geta)
+        a = theta0[amodel.ccd_base:].reshape(nc, 6)
+        dist = np.hypot(a[:, 0], a[:, 3])
+        ref_ccd = int(np.lexsort((dist, -nvis_ccd))[0])
+        amodel = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc,
+                                            config.astrometryVisitOrder, ref_ccd)
+        theta = amodel.initialize(gi, gu, gv, gxi, geta)
+    else:
+        amodel = SimpleAstrometryModel(prep.img_visit, prep.img_ccd,
+                                       config.astrometrySimpleOrder)
+        theta = amodel.initialize(gi, gu, gv, gxi, geta)
+        ref_ccd = 0
+
+    def focal(g, uu, vv):
+        return _focal(amodel, theta, g, uu, vv, gi, gu, gv, gxi, geta)
+
+    pmodel = None
+    if config.doPhotometry:
+        if config.photometryModel == "constrained":
+            pmodel = ConstrainedPhotometryModel(
+                prep.img_visit, prep.img_ccd, nv, nc, focal, getattr(amodel, "scale", 1.0),
+                config.photometryVisitOrder, ref_ccd)
+            if not hasattr(amodel, "scale"):
+                pmodel.scale = _fp_scale(gi, gxi, geta, prep.img_visit)
+        else:
+            pmodel = SimplePhotometryModel(len(prep.images))
+    return fit_models(prep, amodel, theta, pmodel, config, focal)
+
+
+def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> JointcalResult:
+    """Fit an astrometric model (start ``theta``, updated in place) and a photometric model
+    (or None) to the prepared measurements, with outlier rejection; both solvers call it.
+
+    ``focal(g, u, v)`` gives the focal-plane position (arcsec) of normalised CCD
+    coordinates of image ``g`` under the final astrometric model (for diagnostics and
+    the photometric model).
+    """
+    meas, n_stars, ref_index, refcat = prep.meas, prep.n_stars, prep.ref_index, prep.refcat
+    rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
+    rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
+    aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, prep.ref_xi, prep.ref_eta,
+                              rsig, prep.pm_xi, prep.pm_eta)
+    stars = np.concatenate([prep.star_xi, prep.star_eta])
+    m = ref_index >= 0
+    stars[:n_stars][m] = prep.ref_xi[ref_index[m]]
+    stars[n_stars:][m] = prep.ref_eta[ref_index[m]]
+    afit = None
+    if config.doAstrometry:
+        afit = _staged_fit(aprob, theta, stars, amodel.fixed, config, "astrometry", 2)
+    ptheta = fluxes = pfit = pactive = None
+    if pmodel is not None:
+        star_of, img = meas.star, meas.img
+        cnt = prep.star_count
+        rf = np.where(ref_index >= 0, refcat.flux[np.maximum(ref_index, 0)], np.nan)
+        ratio = rf[star_of] / meas.flux
+        ptheta = pmodel.initialize(img, ratio)
+        # median S/N per star (sort by star, then take the middle measurement)
+        snr = meas.flux / meas.flux_err
+        o = np.lexsort((snr, star_of))
+        first = np.searchsorted(star_of[o], np.arange(n_stars))
+        med_snr = snr[o][first + (cnt - 1) // 2]
+        pprob = PhotometryProblem(pmodel, meas, n_stars, ref_index, refcat.flux,
+                                  refcat.flux_err, config.photometryErrorPedestal,
+                                  med_snr >= config.photometryRefMinSnr)
+        if len(pprob.ref_star) == 0:
+            raise UserError("no fitted star has a reference flux in this filter; check "
+                            "photometryRefCat and its colour terms for the filter")
+        calib0, _, _ = pmodel.derivatives(ptheta, img, meas.u, meas.v)
+        fluxes = np.bincount(star_of, meas.flux * calib0, n_stars) / cnt
+        fluxes[pprob.ref_star] = pprob.ref_flux
+        pprob.set_sigma(ptheta)
+        pfit = _staged_fit(pprob, ptheta, fluxes, pmodel.fixed, config, "photometry", 1)
+        pactive = pprob.active
+    return JointcalResult(prep.images, prep.tangent, amodel, theta, pmodel, ptheta, meas,
+                          stars, fluxes, aprob.active, pactive, ref_index, refcat,
+                          prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets, prep.counts,
+                          prep.dropped, focal)
+
+
+def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
+                config) -> PreparedFit:
+    """Robust start, association, reference matching and measurement arrays.
+
+    The part of the calibration both solvers share: per-visit pointing/rotation search
+    and per-CCD affine touch-up from the header WCSs, friends-of-friends association,
+    unambiguous reference matches, CCDs with too few stars dropped.
+
+    Raises
+    ------
+    UserError
+        No reference stars, nothing left to fit.
     """
     dropped: dict = {}
     if len(refcat) == 0:
@@ -244,68 +377,9 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         gxi.append(a)
         geta.append(b)
     gi, gu, gv, gxi, geta = map(np.concatenate, (gi, gu, gv, gxi, geta))
-    # reference CCD: the one seen in most visits, nearest the focal-plane centre
-    nvis_ccd = np.bincount(img_ccd, minlength=len(ccds))
-    if config.astrometryModel == "constrained":
-        amodel = ConstrainedAstrometryModel(img_visit, img_ccd, len(visits), len(ccds),
-                                            config.astrometryVisitOrder)
-        theta0 = amodel.initialize(gi, gu, gv, gxi, geta)
-        a = theta0[amodel.ccd_base:].reshape(len(ccds), 6)
-        dist = np.hypot(a[:, 0], a[:, 3])
-        ref_ccd = int(np.lexsort((dist, -nvis_ccd))[0])
-        amodel = ConstrainedAstrometryModel(img_visit, img_ccd, len(visits), len(ccds),
-                                            config.astrometryVisitOrder, ref_ccd)
-        theta = amodel.initialize(gi, gu, gv, gxi, geta)
-    else:
-        amodel = SimpleAstrometryModel(img_visit, img_ccd, config.astrometrySimpleOrder)
-        theta = amodel.initialize(gi, gu, gv, gxi, geta)
-        ref_ccd = 0
-    rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
-    rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
-    aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, ref_xi, ref_eta, rsig,
-                              pm_xi, pm_eta)
-    stars = np.concatenate([sx, sy])
-    m = ref_index >= 0
-    stars[:n_stars][m] = ref_xi[ref_index[m]]
-    stars[n_stars:][m] = ref_eta[ref_index[m]]
-    afit = None
-    if config.doAstrometry:
-        afit = _staged_fit(aprob, theta, stars, amodel.fixed, config, "astrometry", 2)
-    # photometry
-    pmodel = ptheta = fluxes = pfit = pactive = None
-    if config.doPhotometry:
-        if config.photometryModel == "constrained":
-            pmodel = ConstrainedPhotometryModel(
-                img_visit, img_ccd, len(visits), len(ccds),
-                lambda g, uu, vv: _focal(amodel, theta, g, uu, vv, gi, gu, gv, gxi, geta),
-                getattr(amodel, "scale", 1.0), config.photometryVisitOrder, ref_ccd)
-            if not hasattr(amodel, "scale"):
-                pmodel.scale = _fp_scale(gi, gxi, geta, img_visit)
-        else:
-            pmodel = SimplePhotometryModel(len(kimages))
-        rf = np.where(ref_index >= 0, refcat.flux[np.maximum(ref_index, 0)], np.nan)
-        ratio = rf[star_of] / meas.flux
-        ptheta = pmodel.initialize(img, ratio)
-        # median S/N per star (sort by star, then take the middle measurement)
-        snr = meas.flux / meas.flux_err
-        o = np.lexsort((snr, star_of))
-        first = np.searchsorted(star_of[o], np.arange(n_stars))
-        med_snr = snr[o][first + (cnt - 1) // 2]
-        pprob = PhotometryProblem(pmodel, meas, n_stars, ref_index, refcat.flux,
-                                  refcat.flux_err, config.photometryErrorPedestal,
-                                  med_snr >= config.photometryRefMinSnr)
-        if len(pprob.ref_star) == 0:
-            raise UserError("no fitted star has a reference flux in this filter; check "
-                            "photometryRefCat and its colour terms for the filter")
-        calib0, _, _ = pmodel.derivatives(ptheta, img, u, v)
-        fluxes = np.bincount(star_of, meas.flux * calib0, n_stars) / cnt
-        fluxes[pprob.ref_star] = pprob.ref_flux
-        pprob.set_sigma(ptheta)
-        pfit = _staged_fit(pprob, ptheta, fluxes, pmodel.fixed, config, "photometry", 1)
-        pactive = pprob.active
-    return JointcalResult(kimages, tangent, amodel, theta, pmodel, ptheta, meas, stars,
-                          fluxes, aprob.active, pactive, ref_index, refcat, ref_xi, ref_eta,
-                          afit, pfit, offsets, counts, dropped)
+    return PreparedFit(kimages, tangent, meas, int(n_stars), cnt, sx, sy, ref_index,
+                       refcat, ref_xi, ref_eta, pm_xi, pm_eta, img_visit, img_ccd, visits,
+                       ccds, (gi, gu, gv, gxi, geta), offsets, counts, dropped)
 
 
 def _fp_scale(gi, gxi, geta, img_visit):
