@@ -3,9 +3,10 @@
 - The stellar locus is the densest narrow group of sizes (adaptive-moment FWHM)
   among bright, unflagged sources: stars all share the PSF size, galaxies are larger and
   spread out. Its median is the CCD's PSF FWHM.
-- The aperture correction is the median ratio of the largest-aperture flux to the
-  Gaussian matched-filter flux over the locus stars; it puts the PSF-like flux of stars
-  on the scale of the largest aperture.
+- The aperture correction to TOTAL flux is in :mod:`.growth`;
+  :func:`aperture_correction` (median largest-aperture / Gaussian flux ratio) is the
+  older largest-aperture scale. The star test below compares the PSF flux on the
+  largest aperture's scale (``flux_psf / APCINF``) with that aperture's flux.
 - A source is a star when its concentration ``c = flux_psf / flux_ap_max`` (1 for a
   point source after aperture correction, below 1 for an extended one, about 2 for a
   cosmic ray) lies within ``tolerance + nsigma * sigma_c`` of 1 — like LSST's

@@ -282,7 +282,7 @@ def _median_curve(f, k_ref):
 
 
 def _fixed_beta(data, var, gain, x, y, ref, flux_gauss, fwhm, r_ref, r_core, beta,
-                n_radii, fb, fwhm_star):
+                n_radii, fb, fwhm_star, min_gradient_stars):
     """Too few growth stars: the shape inside r_ref from all isolated locus stars
     (global sky), fitted with a Moffat of fixed ``beta`` (``fallback-beta``)."""
     if beta is None or ref.sum() < 3:
@@ -309,7 +309,8 @@ def _fixed_beta(data, var, gain, x, y, ref, flux_gauss, fwhm, r_ref, r_core, bet
     e_core = np.full(len(x), np.nan)
     f_core[ref], e_core[ref] = f[:, k_core], e[:, k_core]
     c0, cx, cy, n_ref = _spatial_scale(x, y, data.shape, ref, f_core, e_core, flux_gauss,
-                                       fwhm_star, r_core, alpha, beta)
+                                       fwhm_star, r_core, alpha, beta,
+                                       min_gradient_stars=min_gradient_stars)
     if n_ref < 3 or not np.isfinite(c0):
         return _fallback(*fb)
     e_ref = float(moffat_enclosed(r_ref, alpha, beta))
@@ -326,7 +327,7 @@ def fit_growth_curve(data, var, reject, x, y, stars, flux_ref_global, flux_ref_e
                      min_radius=None, sky_gap=2.0, sky_width=None, min_stars=5,
                      max_stars=200, isolation_ratio=0.01, fallback_beta=3.0,
                      n_radii=12, sky_sigma=None, max_error=0.005, core_fwhm=1.0,
-                     gain=None, fwhm_star=None) -> GrowthCurve:
+                     gain=None, fwhm_star=None, min_gradient_stars=10) -> GrowthCurve:
     """Fit the CCD's curve of growth and derive the aperture correction to total flux.
 
     Parameters
@@ -387,6 +388,9 @@ def fit_growth_curve(data, var, reject, x, y, stars, flux_ref_global, flux_ref_e
     fwhm_star : ndarray, optional
         Every detection's own FWHM (pixels): its variation over the CCD scales the
         Moffat alpha in the position-dependent correction (:func:`_spatial_scale`).
+    min_gradient_stars : int
+        Fewer core-aperture stars: a constant correction over the CCD (a plane fitted
+        to a few stars is noisier than the PSF's variation over a CCD).
 
     Returns
     -------
@@ -415,7 +419,8 @@ def fit_growth_curve(data, var, reject, x, y, stars, flux_ref_global, flux_ref_e
 
     def fail():
         return _fixed_beta(data, var, gain, x, y, ref, flux_gauss, fwhm, r_ref, r_core,
-                           fallback_beta, n_radii, fallback, fwhm_star)
+                           fallback_beta, n_radii, fallback, fwhm_star,
+                           min_gradient_stars)
 
     width = sky_width if sky_width is not None else max(6.0, fwhm)
     ny, nx = data.shape
@@ -496,7 +501,8 @@ def fit_growth_curve(data, var, reject, x, y, stars, flux_ref_global, flux_ref_e
                                      subpix=0)
         f_core[ref], e_core[ref] = f_c, e_c
     c0, cx, cy, n_ref = _spatial_scale(x, y, data.shape, ref, f_core, e_core, flux_gauss,
-                                       fwhm_star, r_core, alpha, beta)
+                                       fwhm_star, r_core, alpha, beta,
+                                       min_gradient_stars=min_gradient_stars)
     if n_ref < 3 or not np.isfinite(c0):
         return fail()
     e_ref = float(moffat_enclosed(r_ref, alpha, beta))

@@ -15,8 +15,8 @@ Choices (documented for the catalog's users):
 - The PSF-like flux is the optimal (matched-filter) flux for a circular Gaussian PSF of
   the CCD's stellar FWHM at the windowed centroid, ``F = sum(P I) / sum(P^2)``, with error
   ``sqrt(sum(P^2 V)) / sum(P^2)``; masked pixels get zero weight (still unbiased for a
-  Gaussian star). :mod:`.classify` multiplies it by an aperture correction measured on the
-  CCD's bright stars, so for stars it equals the flux in the largest aperture.
+  Gaussian star). :mod:`.growth` multiplies it by an aperture correction to infinity
+  measured on the CCD's stars (curve of growth), so for stars it is the total flux.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 For every CCD: sky background (sep mesh) subtracted, detection above a threshold in
 units of the variance plane with deblending, windowed centroids with errors, aperture
 fluxes at several radii, a Gaussian matched-filter PSF-like flux with an aperture
-correction from the CCD's stars, sizes and shapes, a star/galaxy indicator, mask flags
+correction to total flux from the CCD's curve of growth (:mod:`.growth`), sizes and shapes, a star/galaxy indicator, mask flags
 and header-WCS sky coordinates. Writes ``SRC-<visit>-<ccd>.fits`` (docs/interfaces.md)
 and the per-CCD summary into the registry.
 """
@@ -92,6 +92,9 @@ class DetectSourcesConfig(TaskConfig):
                                     "core aperture that puts the Gaussian PSF flux on "
                                     "the growth curve's scale, on all isolated locus "
                                     "stars (least sky noise)")
+    growth_min_gradient_stars: int = Field(10, ge=3, description="fewer core-aperture "
+                                           "stars: the aperture correction is constant "
+                                           "over the CCD (no APCDX/APCDY gradient)")
     fallback_beta: float | None = Field(3.0, description="Moffat beta assumed for the "
                                         "correction beyond the largest aperture when the "
                                         "growth curve cannot be fitted (None: none)")
@@ -294,6 +297,7 @@ def _growth_curve(data, planes, exp, config, x, y, stars, f_max, e_max, g_flux,
                             size=size, sky_reject=reject | others, sky_sigma=float(np.sqrt(np.median(planes.var))),
                             max_error=config.growth_max_error, gain=gain,
                             core_fwhm=config.growth_core_fwhm, fwhm_star=fwhm,
+                            min_gradient_stars=config.growth_min_gradient_stars,
                             outer_fwhm=config.growth_outer_fwhm,
                             max_radius=config.growth_max_radius,
                             min_stars=config.growth_min_stars,
