@@ -10,10 +10,12 @@ In one go, on the survey made by ``tractpatch.sim.make_demo_repo`` (default pres
    IMAGE plane with its header TAN WCS) plus a weight map (1/variance, masked pixels 0),
    ``source-extractor`` → one FITS-LDAC catalog per visit (one extension per CCD, SCAMP's
    per-exposure convention), the simulator's reference catalog written as FITS-LDAC, and
-   ``scamp`` per filter (distortion degree 3 shared by the filter's exposures,
-   focal-plane layout fitted, SOLVE_PHOTOM Y). The ``.head`` TPV WCSs are scored on the
-   same grids with the same function; SCAMP's FLXSCALE is scored as a *relative*
-   calibration (one offset per filter removed: SCAMP's photometry is relative only).
+   ``scamp`` per filter (MOSAIC_TYPE LOOSE, STABILITY_TYPE EXPOSURE, DISTORT_DEGREES 3,
+   SOLVE_PHOTOM Y; the best of the variants tried, see benchmarks/README.md). The
+   ``.head`` TPV WCSs are scored on the same grids with the same function; SCAMP's
+   FLXSCALE is scored as a *relative* calibration (one offset per filter removed:
+   SCAMP's photometry is relative only). SCAMP fits one flux scale per exposure, so the
+   best its model can do (the truth averaged per visit) is printed too.
 
 Both are timed (wall): the fit alone (jointcal.py / scamp) and detection + fit
 (detectSources.py + jointcal.py / source-extractor + scamp; the export of the MEF
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ldac import read_head_file, write_ldac  # noqa: E402
 
+from tractpatch.diagnostics.truth_score import _grid  # noqa: E402  (the scoring grid)
 from tractpatch.diagnostics.truth_score import score_calibrations  # noqa: E402
 from tractpatch.image.photocalib import PhotoCalib  # noqa: E402
 from tractpatch.jointcal.inputs import select_sources  # noqa: E402
@@ -61,6 +64,9 @@ from tractpatch.sim.truth import load_truth  # noqa: E402
 BIN = REPO / "bin"
 PYTHON = sys.executable
 RERUN = "bench"
+#: the ledger (outside the rerun directory) remembers units done by an earlier run of
+#: the benchmark in the same work directory: redo them, whatever the config
+REDO = ["--clobber-output", "--clobber-config"]
 #: mask planes whose pixels get weight 0 for source-extractor
 MASKED_PLANES = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT")
 #: reference catalog band of each filter
@@ -192,11 +198,12 @@ def run_ours(workdir: Path, filters: dict, truth, rerun: str, jobs: int, logdir:
     res: dict = {}
     for f in filters:
         t_det = timed([PYTHON, BIN / "detectSources.py", workdir, "--rerun", rerun,
-                       "--id", f"filter={f}", "-j", str(jobs)],
+                       "--id", f"filter={f}", "-j", str(jobs), *REDO],
                       log=logdir / f"detect-{f}.log")
         res[f] = {"detect_s": t_det}
     t_sky = timed([PYTHON, BIN / "makeDiscreteSkyMap.py", workdir, "--rerun", rerun,
-                   "--id", "filter=" + "^".join(filters)], log=logdir / "skymap.log")
+                   "--id", "filter=" + "^".join(filters), *REDO],
+                  log=logdir / "skymap.log")
     results = workdir / "rerun" / rerun / "jointcal-results" / "0"
     overrides = [a for kv in (jointcal_config or []) for a in ("--config", kv)]
     for f, visits in filters.items():
@@ -204,7 +211,7 @@ def run_ours(workdir: Path, filters: dict, truth, rerun: str, jobs: int, logdir:
         r.update(skymap_s=t_sky, n_ccds_in=len(visits) * len(truth.ccds))
         try:
             t_jc = timed([PYTHON, BIN / "jointcal.py", workdir, "--rerun", rerun,
-                          "--id", f"filter={f}", "tract=0", *overrides],
+                          "--id", f"filter={f}", "tract=0", *overrides, *REDO],
                          log=logdir / f"jointcal-{f}.log")
         except RuntimeError as exc:
             r["error"] = str(exc)
@@ -216,6 +223,19 @@ def run_ours(workdir: Path, filters: dict, truth, rerun: str, jobs: int, logdir:
         if not files:
             r["error"] = "jointcal wrote no results; see " + str(logdir / f"jointcal-{f}.log")
     return res
+
+
+def constant_model_limit(truth, visits: list[int], per: str = "visit") -> float:
+    """Best relative calibration RMS (mmag) of a model with one constant per visit
+    (``per="visit"``: SCAMP's FLXSCALE) or per CCD and visit (``"ccd"``): the RMS of
+    the true calibration about its mean over each visit (or CCD), on the scoring grid."""
+    ny, nx = truth.ccd_shape()
+    x, y = _grid(nx, ny)
+    dev = []
+    for v in visits:
+        m = np.array([2500 * np.log10(truth.calibration(v, c, x, y)) for c in truth.ccds])
+        dev.append(m - (m.mean() if per == "visit" else m.mean(axis=1, keepdims=True)))
+    return float(np.sqrt(np.mean(np.square(dev))))
 
 
 def _visit_of(path: Path) -> int | None:
@@ -353,12 +373,19 @@ def split_ldac(cat: Path, ccds: list[int]) -> list[str]:
     """Split a per-visit LDAC catalog into one single-CCD catalog per extension
     (``--scamp-layout ccd``: SCAMP then fits one photometric scale per CCD)."""
     names = []
+    raw = cat.read_bytes()
     with fits.open(cat) as h:
-        for i, ccd in enumerate(ccds):
-            name = f"{cat.stem}-{ccd:03d}.cat"
-            fits.HDUList([fits.PrimaryHDU(), h[1 + 2 * i].copy(), h[2 + 2 * i].copy()]
-                         ).writeto(cat.parent / name, overwrite=True)
-            names.append(name)
+        # byte copies of the HDUs: SCAMP crashes on LDAC_IMHEAD tables re-written by
+        # astropy
+        span = [(h.fileinfo(i)["hdrLoc"], h.fileinfo(i)["datLoc"] + h.fileinfo(i)["datSpan"])
+                for i in range(len(h))]
+    for i, ccd in enumerate(ccds):
+        name = f"{cat.stem}-{ccd:03d}.cat"
+        (a0, a1), (b0, _), (_, c1) = span[0], span[1 + 2 * i], span[2 + 2 * i]
+        pad = lambda n: (-n) % 2880  # noqa: E731  FITS blocks
+        chunk = raw[a0:a1] + b"\0" * pad(a1 - a0) + raw[b0:c1] + b"\0" * pad(c1 - b0)
+        (cat.parent / name).write_bytes(chunk)
+        names.append(name)
     return names
 
 
@@ -556,6 +583,9 @@ def print_table(table: dict, meta: dict) -> None:
               f"{fmt(row.get('floor_wcs_floor_mas'))} mas, "
               f"{fmt(row.get('floor_calib_floor_mmag'))} mmag "
               f"(median {fmt(row.get('floor_median_stars_per_ccd'), '.0f')} stars/CCD)")
+        print(f"  model limit of a constant calibration per visit (SCAMP's FLXSCALE): "
+              f"{fmt(row.get('floor_calib_limit_const_per_visit_mmag'))} mmag; per CCD: "
+              f"{fmt(row.get('floor_calib_limit_const_per_ccd_mmag'))} mmag")
     print("\n  SCAMP's photometry is relative only: its score removes one mean offset per "
           "filter;\n  jointcal's 'absolute' is against the true nJy calibration, "
           "'relative' removes its mean offset the same way.")
@@ -593,6 +623,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
+    if args.quick and args.preset == "tiny" and not args.jointcal_config:
+        # ~20 selected stars per tiny CCD: below jointcal's default of 20 measurements
+        args.jointcal_config = ["minMeasurementsPerCcd=8"]
     tools = ensure_tools()
     tmp = None
     if args.workdir is None:
