@@ -186,6 +186,20 @@ class ConstrainedAstrometryModel:
         return self._focal(theta, self.image_ccd[img], np.asarray(u, float),
                            np.asarray(v, float))
 
+    def sky_from_focal(self, theta, visit_index: int, fx, fy):
+        """Tangent-plane (xi, eta) arcsec of focal-plane points (arcsec) in one visit."""
+        fx, fy = np.asarray(fx, float), np.asarray(fy, float)
+        B = monomials(fx.ravel() / self.scale, fy.ravel() / self.scale, self.order)
+        base = visit_index * 2 * self.nt
+        return ((B @ theta[base:base + self.nt]).reshape(fx.shape),
+                (B @ theta[base + self.nt:base + 2 * self.nt]).reshape(fx.shape))
+
+    def visit_coefficients(self, theta, visit_index: int) -> dict:
+        """The visit's polynomial coefficients (xi, eta)."""
+        base = visit_index * 2 * self.nt
+        return {"xi": theta[base:base + self.nt].copy(),
+                "eta": theta[base + self.nt:base + 2 * self.nt].copy()}
+
     # --- evaluation ---------------------------------------------------------------
     def evaluate(self, theta, img, u, v):
         """Tangent-plane (xi, eta) arcsec of normalised CCD coordinates of images ``img``."""

@@ -8,8 +8,9 @@ from pydantic import Field
 from ..cli.config import TaskConfig
 
 
-class JointcalConfig(TaskConfig):
-    """Settings of the joint astrometric + photometric fit."""
+class JointFitConfig(TaskConfig):
+    """Settings shared by jointcal.py and mosaic.py: inputs, selection, association,
+    robust start, fitting and outputs (the models are each solver's own)."""
 
     astrometryRefCat: Optional[str] = Field(None, description="reference catalog for "
                                             "astrometry (ref_cats/<name>); default: the only one")
@@ -17,17 +18,6 @@ class JointcalConfig(TaskConfig):
                                             "photometry; default: astrometryRefCat")
     doAstrometry: bool = Field(True, description="fit and write the WCSs")
     doPhotometry: bool = Field(True, description="fit and write the photoCalibs")
-    astrometryModel: Literal["simple", "constrained"] = Field(
-        "constrained", description="simple: polynomial per CCD per visit; constrained: "
-        "per-CCD affine shared by visits ∘ per-visit focal-plane polynomial")
-    astrometrySimpleOrder: int = Field(3, ge=1, le=9, description="order of the simple model")
-    astrometryVisitOrder: int = Field(5, ge=1, le=9, description="order of the per-visit "
-                                      "focal-plane polynomial (constrained)")
-    photometryModel: Literal["simple", "constrained"] = Field(
-        "constrained", description="simple: constant per CCD per visit; constrained: "
-        "per-CCD constant × per-visit focal-plane Chebyshev")
-    photometryVisitOrder: int = Field(2, ge=0, le=7, description="order of the per-visit "
-                                      "Chebyshev (constrained)")
     minSnr: float = Field(10.0, description="minimum PSF S/N of a fitted source")
     requireStar: bool = Field(True, description="use only is_star sources")
     photometryRefMinSnr: float = Field(20.0, ge=0, description="reference fluxes constrain "
@@ -57,3 +47,36 @@ class JointcalConfig(TaskConfig):
     wcsTolerance: float = Field(1.0, gt=0, description="max deviation (mas) of the "
                                 "written TAN-SIP WCS from the fitted mapping")
     sipOrderMax: int = Field(9, ge=2, le=9, description="highest SIP order tried")
+
+
+class JointcalConfig(JointFitConfig):
+    """Settings of the joint astrometric + photometric fit."""
+
+    astrometryModel: Literal["simple", "constrained"] = Field(
+        "constrained", description="simple: polynomial per CCD per visit; constrained: "
+        "per-CCD affine shared by visits ∘ per-visit focal-plane polynomial")
+    astrometrySimpleOrder: int = Field(3, ge=1, le=9, description="order of the simple model")
+    astrometryVisitOrder: int = Field(5, ge=1, le=9, description="order of the per-visit "
+                                      "focal-plane polynomial (constrained)")
+    photometryModel: Literal["simple", "constrained"] = Field(
+        "constrained", description="simple: constant per CCD per visit; constrained: "
+        "per-CCD constant × per-visit focal-plane Chebyshev")
+    photometryVisitOrder: int = Field(2, ge=0, le=7, description="order of the per-visit "
+                                      "Chebyshev (constrained)")
+
+
+class MosaicConfig(JointFitConfig):
+    """Settings of mosaic.py (meas_mosaic's model; names follow its MosaicConfig)."""
+
+    fittingOrder: int = Field(9, ge=1, le=11, description="order of the per-visit "
+                              "focal-plane polynomial (Chebyshev series; 9 as HSC)")
+    fluxFitOrder: int = Field(7, ge=0, le=9, description="order of the per-visit "
+                              "focal-plane Chebyshev of the flux correction")
+    minStarsPerParameter: float = Field(3.0, gt=0, description="every visit needs this "
+                                        "many measurements per polynomial term; the orders "
+                                        "are lowered (with a warning) until it has")
+    doFluxFit: bool = Field(True, description="fit the flux correction (alias of "
+                            "doPhotometry in meas_mosaic's naming; both must be true)")
+    denseLimit: int = Field(0, ge=0, description="up to this many free model parameters "
+                            "the Schur-complement block is solved dense; mosaic's default 0 "
+                            "always solves the sparse normal equations (scipy.sparse + splu)")

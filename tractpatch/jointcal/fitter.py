@@ -12,7 +12,7 @@ Cholesky (CHOLMOD, as LSST's jointcal uses) would choose — so the solve costs 
 Cholesky factorisation of the model-parameter block whatever the number of stars.
 ``H_tt`` is accumulated by a numba kernel from the per-row parameter lists, ``H_ts D^-1
 H_st`` by dense BLAS products over chunks of stars; above ``dense_limit`` free model
-parameters the full system goes to scipy's sparse LU (``splu``) instead.
+parameters the same reduction is done in scipy.sparse and solved by sparse LU (``splu``).
 """
 from __future__ import annotations
 
@@ -179,18 +179,31 @@ def _cholesky_solve(H, b):
 
 
 def _solve_sparse(rows, idx, star, n_free, n_star):
-    """Full sparse normal equations, solved by scipy's SuperLU (large model blocks)."""
+    """Sparse normal equations with the stars eliminated, solved by SuperLU.
+
+    The same Schur complement as the dense path, in scipy.sparse throughout:
+    ``S = H_tt - H_ts D^-1 H_st`` stays sparse (two visits couple only through stars
+    they share, CCDs only through their visits), so memory grows with the number of
+    non-zero blocks rather than with the square of the number of model parameters.
+    """
     n, m = idx.shape
     ok = idx >= 0
     ri = np.repeat(np.arange(n), m).reshape(n, m)[ok]
-    rr = np.concatenate([ri, np.nonzero(star >= 0)[0]])
-    cc = np.concatenate([idx[ok], n_free + star[star >= 0]])
-    vv = np.concatenate([rows.val[ok], rows.star_val[star >= 0]])
-    J = sp.csr_matrix((vv, (rr, cc)), shape=(n, n_free + n_star))
-    H = (J.T @ J).tocsc()
-    g = J.T @ rows.r
+    Jt = sp.csr_matrix((rows.val[ok], (ri, idx[ok])), shape=(n, n_free))
+    H = (Jt.T @ Jt).tocsc()
+    g = Jt.T @ rows.r
+    has = star >= 0
+    if n_star:
+        Js = sp.csr_matrix((rows.star_val[has], (np.nonzero(has)[0], star[has])),
+                           shape=(n, n_star))
+        d = np.asarray(Js.multiply(Js).sum(axis=0)).ravel()
+        gs = Js.T @ rows.r
+        dinv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+        Hts = (Jt.T @ Js).tocsr()
+        H = (H - Hts @ sp.diags(dinv) @ Hts.T).tocsc()
+        g = g - Hts @ (dinv * gs)
     diag = H.diagonal()
-    if np.any(diag <= 0):
+    if np.any(diag <= 0) or not np.all(np.isfinite(diag)):
         raise SingularSystemError("singular normal matrix: some parameters are not "
                                   "constrained by any measurement")
     s = sp.diags(1.0 / np.sqrt(diag))
@@ -199,8 +212,14 @@ def _solve_sparse(rows, idx, star, n_free, n_star):
     except RuntimeError as exc:
         raise SingularSystemError(f"singular normal matrix ({exc}); lower the model "
                                   "order or select more stars") from None
-    x = s @ lu.solve(s @ (-g))
-    return x[:n_free], x[n_free:]
+    dt = s @ lu.solve(s @ (-g))
+    if not np.all(np.isfinite(dt)):
+        raise SingularSystemError("singular normal matrix (non-finite step); lower the "
+                                  "model order or select more stars")
+    ds = np.zeros(n_star)
+    if n_star:
+        ds = -dinv * (gs + Hts.T @ dt)
+    return dt, ds
 
 
 @dataclass

@@ -169,3 +169,32 @@ def read_src(path, min_snr: float = 10.0, require_star: bool = True):
     det = Detections(np.full(n, image.visit), np.full(n, image.ccd), t["x"], t["y"],
                      t["x_err"], t["y_err"], t["flux_psf"], t["flux_psf_err"])
     return det, image
+
+
+def _read_one(args):
+    path, min_snr, require_star = args
+    try:
+        return read_src(path, min_snr, require_star)
+    except UserError as exc:
+        return str(exc)
+
+
+def read_src_many(paths, min_snr: float = 10.0, require_star: bool = True,
+                  processes: int = 1) -> list:
+    """Read many SRC catalogs, in ``processes`` spawned worker processes when > 1.
+
+    meas_mosaic read its catalogs on one core (half an hour for a large tract); the
+    reading is independent per CCD. Returns, in the order of ``paths``, either the
+    ``(Detections, CcdImage)`` of :func:`read_src` or the one-line error of an
+    unreadable file (the caller drops that CCD and goes on).
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(str(p), min_snr, require_star) for p in paths]
+    # a daemonic worker (the task runner's pool) cannot start children: read serially
+    if processes <= 1 or len(jobs) < 2 or mp.current_process().daemon:
+        return [_read_one(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=min(processes, len(jobs)),
+                             mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_read_one, jobs, chunksize=max(1, len(jobs) // (4 * processes))))

@@ -134,15 +134,11 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
     prep = prepare_fit(det, images, refcat, config)
     gi, gu, gv, gxi, geta = prep.grid
     nv, nc = len(prep.visits), len(prep.ccds)
-    # reference CCD: the one seen in most visits, nearest the focal-plane centre
-    nvis_ccd = np.bincount(prep.img_ccd, minlength=nc)
     if config.astrometryModel == "constrained":
         amodel = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc,
                                             config.astrometryVisitOrder)
         theta0 = amodel.initialize(gi, gu, gv, gxi, geta)
-        a = theta0[amodel.ccd_base:].reshape(nc, 6)
-        dist = np.hypot(a[:, 0], a[:, 3])
-        ref_ccd = int(np.lexsort((dist, -nvis_ccd))[0])
+        ref_ccd = reference_ccd(theta0[amodel.ccd_base:].reshape(nc, 6), prep.img_ccd, nc)
         amodel = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc,
                                             config.astrometryVisitOrder, ref_ccd)
         theta = amodel.initialize(gi, gu, gv, gxi, geta)
@@ -166,6 +162,14 @@ def fit_jointcal(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         else:
             pmodel = SimplePhotometryModel(len(prep.images))
     return fit_models(prep, amodel, theta, pmodel, config, focal)
+
+
+def reference_ccd(affine, img_ccd, n_ccds: int) -> int:
+    """The CCD seen in most visits, nearest the focal-plane centre (``affine``: per-CCD
+    ``a0..a5`` of the focal-plane layout, arcsec)."""
+    nvis_ccd = np.bincount(img_ccd, minlength=n_ccds)
+    dist = np.hypot(affine[:, 0], affine[:, 3])
+    return int(np.lexsort((dist, -nvis_ccd))[0])
 
 
 def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> JointcalResult:

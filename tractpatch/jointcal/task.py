@@ -14,27 +14,43 @@ from ..atomic import write_text_atomic
 from ..cli import CmdLineTask
 from ..errors import UserError
 from .config import JointcalConfig
-from .inputs import Detections, RefCatalog, read_src
+from .inputs import Detections, RefCatalog, read_src_many
 from .metrics import compute_metrics
 from .outputs import photocalib_from_model, write_wcs
 from .solver import fit_jointcal
 from .tangent import mean_direction
 
 
-class JointcalTask(CmdLineTask):
-    """Joint astrometric and photometric calibration of a tract, per filter."""
+class JointFitTask(CmdLineTask):
+    """What jointcal.py and mosaic.py share: one fit per (tract, filter) of the selected
+    CCDs against the reference catalog, its outputs ``<prefix>_wcs``,
+    ``<prefix>_photoCalib``, ``<prefix>_metrics`` and, with ``--diagnostics``, the
+    diagnostics folder. Subclasses set ``name`` (= the output prefix) and :meth:`fit`.
+    """
 
-    name = "jointcal"
-    description = "Joint astrometric and photometric calibration of all CCDs of a tract"
-    ConfigClass = JointcalConfig
     level = "tract"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--diagnostics", action="store_true",
+                            help="write the diagnostic plots, data files and index.html "
+                                 "of the fit (per tract and filter)")
+        parser.add_argument("--diagDir", default=None, metavar="DIR",
+                            help="diagnostics folder (default: <rerun>/" f"{cls.name}"
+                                 "-results/<tract>/diagnostics-<filter>/; with several "
+                                 "tracts or filters, DIR/<tract>/<filter>/)")
+
+    def fit(self, det, images, refcat):
+        """The solver: a :class:`~.solver.JointcalResult` of the inputs."""
+        raise NotImplementedError
 
     def units(self, ids, select):
         from ..skymap.selection import exposures_in_tract
 
         tracts = sorted({t for s in ids for t in s.terms.get("tract", [])})
         if not tracts:
-            raise UserError("jointcal needs a tract in --id, e.g. --id visit=1..4 tract=0")
+            raise UserError(f"{self.name} needs a tract in --id, e.g. --id visit=1..4 "
+                            "tract=0")
         rows = self.repo.registry.exposures(ids or None)
         units = []
         for t in tracts:
@@ -45,6 +61,8 @@ class JointcalTask(CmdLineTask):
                 units.append({"tract": t, "filter": f,
                               "visit": "^".join(str(v) for v in sorted({r["visit"] for r in rs})),
                               "ccd": "^".join(str(c) for c in sorted({r["ccd"] for r in rs}))})
+        # the options travel to the workers: one --diagDir then holds DIR/<tract>/<filter>
+        self.options["diag_multi"] = len(units) > 1
         return units
 
     def _refcat_name(self, name):
@@ -71,19 +89,23 @@ class JointcalTask(CmdLineTask):
         rows = [r for r in self.repo.registry.exposures(filter=data_id["filter"])
                 if r["visit"] in visits and r["ccd"] in ccds]
         dets, images, unread = [], [], {}
+        paths, keys = [], []
         for r in rows:
             p = self.repo.find("src", visit=r["visit"], ccd=r["ccd"], pointing=r["pointing"],
                                filter=r["filter"])
             if p is None:
                 unread[(r["visit"], r["ccd"])] = "no SRC catalog; run detectSources.py"
                 continue
-            try:
-                d, im = read_src(p, cfg.minSnr, cfg.requireStar)
-            except UserError as exc:
-                unread[(r["visit"], r["ccd"])] = str(exc)
+            paths.append(p)
+            keys.append((r["visit"], r["ccd"]))
+        processes = int(self.options.get("processes") or 1)
+        for k, got in zip(keys, read_src_many(paths, cfg.minSnr, cfg.requireStar,
+                                              processes)):
+            if isinstance(got, str):
+                unread[k] = got
                 continue
-            dets.append(d)
-            images.append(im)
+            dets.append(got[0])
+            images.append(got[1])
         for k, why in unread.items():
             self.log.warning("visit=%d ccd=%d dropped: %s", *k, why)
         if not images:
@@ -105,7 +127,7 @@ class JointcalTask(CmdLineTask):
             refcat = _transfer_fluxes(refcat, RefCatalog.from_table(load_region(
                 self.repo.root, pname, ra0, dec0, radius, epoch_mjd=epoch,
                 filter_name=data_id["filter"], instrument=instrument), epoch))
-        res = fit_jointcal(Detections.concatenate(dets), images, refcat, cfg)
+        res = self.fit(Detections.concatenate(dets), images, refcat)
         res.dropped.update(unread)
         tract = data_id["tract"]
         prov = self.provenance()
@@ -114,18 +136,18 @@ class JointcalTask(CmdLineTask):
             ident = dict(tract=tract, visit=im.visit, ccd=im.ccd)
             if cfg.doAstrometry:
                 wcs_dev.append(write_wcs(
-                    self.repo.path("jointcal_wcs", **ident),
+                    self.repo.path(f"{self.name}_wcs", **ident),
                     lambda x, y, g=g: res.pixel_to_sky(g, x, y), im.nx, im.ny, prov,
                     cfg.wcsTolerance, cfg.sipOrderMax))
-            if cfg.doPhotometry:
-                order = 0 if cfg.photometryModel == "simple" else cfg.photometryVisitOrder
+            if res.photo_model is not None:
+                order = getattr(res.photo_model, "order", 0)  # simple: a constant
                 pc = photocalib_from_model(lambda x, y, g=g: res.calibration(g, x, y),
                                            im.nx, im.ny, order)
-                pc.write(self.repo.path("jointcal_photoCalib", **ident), extra_header=prov)
+                pc.write(self.repo.path(f"{self.name}_photoCalib", **ident), extra_header=prov)
         metrics = compute_metrics(res)
         if wcs_dev:
             metrics["wcs_max_deviation_mas"] = round(float(max(wcs_dev)), 4)
-        write_text_atomic(self.repo.path("jointcal_metrics", tract=tract,
+        write_text_atomic(self.repo.path(f"{self.name}_metrics", tract=tract,
                                          filter=data_id["filter"]),
                           yaml.safe_dump(metrics, sort_keys=False))
         self.log.info("tract %s %s: %d CCD images, astrometry rms %.2f mas (ref) %.2f mas "
@@ -134,8 +156,44 @@ class JointcalTask(CmdLineTask):
                       metrics.get("astrometry_rms_ref_mas", np.nan),
                       metrics.get("astrometry_rms_internal_mas", np.nan),
                       metrics.get("photometry_repeatability_mmag", np.nan), len(res.dropped))
+        if self.options.get("diagnostics"):
+            self._write_diagnostics(res, tract, data_id["filter"])
         return {k: metrics[k] for k in ("prepared_ccdImages", "final_chi2", "final_ndof")
                 if k in metrics}
+
+
+    def diagnostics_dir(self, tract, filter_name):
+        """Where ``--diagnostics`` writes (see :meth:`add_arguments`)."""
+        from pathlib import Path
+
+        base = self.options.get("diagDir")
+        if base is None:
+            return self.repo.path(f"{self.name}_diagnostics", tract=tract,
+                                  filter=filter_name)
+        if self.options.get("diag_multi"):
+            return Path(base) / str(tract) / str(filter_name)
+        return Path(base)
+
+    def _write_diagnostics(self, res, tract, filter_name):
+        from ..diagnostics.writer import write_diagnostics
+        from .diagnostics_adapter import fit_diagnostics
+
+        out = self.diagnostics_dir(tract, filter_name)
+        files = write_diagnostics(fit_diagnostics(res, self.name, int(tract), filter_name),
+                                  out)
+        self.log.info("tract %s %s: %d diagnostics files in %s", tract, filter_name,
+                      len(files), out)
+
+
+class JointcalTask(JointFitTask):
+    """Joint astrometric and photometric calibration of a tract, per filter."""
+
+    name = "jointcal"
+    description = "Joint astrometric and photometric calibration of all CCDs of a tract"
+    ConfigClass = JointcalConfig
+
+    def fit(self, det, images, refcat):
+        return fit_jointcal(det, images, refcat, self.config)
 
 
 def _transfer_fluxes(astro: RefCatalog, photo: RefCatalog, radius_arcsec=1.0):
