@@ -4,7 +4,7 @@
 ::
 
     python benchmarks/bench_coadd.py [--n-inputs 8] [--ccd 1024 2048] [--patch 2400]
-        [--threads 2] [--workdir DIR]
+        [--threads 2] [--workdir DIR [--reuse-inputs]] [--repeat 3] [--methods ...]
 
 Makes ``n`` calibrated CCD images (TAN WCS, dithered and rotated, Gaussian stars of
 known position and flux, white noise; SWarp reads no SIP, so no distortion here), then
@@ -16,9 +16,11 @@ coadds them onto one TAN patch grid with
 - tractpatch's warper + stacker (``coadd_patch``: Lanczos3, MEAN and MEANCLIP), numba
   with ``threads`` threads.
 
-Each method runs in its own process; reported: wall time, input Mpix/s, peak RSS
-(``ru_maxrss`` of the child), the star centroid error (median and max, pixels) and the
-aperture flux error (median |ratio-1| and rms) against the truth, and ratios to SWarp.
+Each method runs in its own process; reported: wall time (process start to exit, so
+imports and FITS reading count), input Mpix/s, peak RSS (``ru_maxrss`` of the child), the star centroid error (median and max, pixels) and the
+aperture flux error (median |ratio-1| and rms) against the truth, and the speed ratio to
+SWarp WEIGHTED of the same round. The machine may be shared: compare ratios, not seconds,
+and use ``--repeat 3`` (rounds interleaved) for a median ratio.
 """
 from __future__ import annotations
 
@@ -116,7 +118,8 @@ def make_inputs(work: Path, n: int, ccd_shape, patch: int, seed: int = 1) -> dic
 
 
 # --- methods (each runs in a child process) -------------------------------------------
-def run_ours(work: Path, statistic: str) -> Path:
+def run_ours(work: Path, statistic: str, n: int | None = None,
+             patch: int | None = None) -> Path:
     from astropy.io import fits
 
     from tractpatch.coadd.assemble import coadd_patch
@@ -124,12 +127,14 @@ def run_ours(work: Path, statistic: str) -> Path:
     from tractpatch.image import read_exposure
 
     t = json.loads((work / "truth.json").read_text())
-    pw = tan_wcs((t["patch"], t["patch"]), RA0, DEC0)
+    n = n or t["n"]
+    patch = patch or t["patch"]
+    pw = tan_wcs((patch, patch), RA0, DEC0)
     # zero point 2.5 log10(3631e9) = 31.40: coadd units = input units (scale exactly 1)
     cfg = CoaddDriverConfig(statistic=statistic, doSubtractBackground=False,
                             zeroPoint=2.5 * np.log10(3631e9))
-    exps = (read_exposure(work / f"ccd{i:03d}.fits") for i in range(t["n"]))
-    res = coadd_patch(exps, pw, (t["patch"], t["patch"]), cfg, workdir=work)
+    exps = (read_exposure(work / f"ccd{i:03d}.fits") for i in range(n))
+    res = coadd_patch(exps, pw, (patch, patch), cfg, workdir=work)
     out = work / f"ours_{statistic}.fits"
     fits.PrimaryHDU(np.nan_to_num(res.image)).writeto(out, overwrite=True)
     return out
@@ -223,7 +228,10 @@ def measure(path: Path, truth: dict) -> dict:
 def child(argv) -> int:
     """Run one method in this process and print its output path."""
     method, work, threads = argv[0], Path(argv[1]), int(argv[2])
-    if method.startswith("ours"):
+    if method == "warmup":
+        for stat in ("MEAN", "MEANCLIP"):
+            out = run_ours(work, stat, n=2, patch=300)
+    elif method.startswith("ours"):
         out = run_ours(work, method.split("_", 1)[1])
     elif method == "reproject":
         out = run_reproject(work)
@@ -234,7 +242,8 @@ def child(argv) -> int:
 
 
 def timed(method, work, threads, extra=()):
-    """Run one method in a fresh wrapper process: (output, wall seconds, peak RSS MB).
+    """Run one method in a fresh wrapper process: (output, wall seconds, peak RSS MB,
+    CPU seconds, user + system, of all its threads).
 
     The wrapper's RUSAGE_CHILDREN ``ru_maxrss`` is the method's own peak (SWarp
     included), not that of earlier runs.
@@ -244,15 +253,27 @@ def timed(method, work, threads, extra=()):
             f"{str(work)!r}, {str(threads)!r}, *{list(extra)!r}], capture_output=True, "
             "text=True); w = time.perf_counter() - t0; "
             "sys.stderr.write(p.stderr); "
-            "print(p.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+            "ru = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(p.returncode, w, ru.ru_maxrss, ru.ru_utime + ru.ru_stime,"
             " (p.stdout.strip().splitlines() or [''])[-1])")
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=env)
-    rc, wall, rss, out = p.stdout.strip().split(" ", 3)
+    rc, wall, rss, cpu, out = p.stdout.strip().split(" ", 4)
     if rc != "0":
         raise RuntimeError(f"{method} failed:\n{p.stderr[-3000:]}")
-    return Path(out), float(wall), float(rss) / 1024.0
+    return Path(out), float(wall), float(rss) / 1024.0, float(cpu)
+
+
+def _reusable_truth(work: Path, args) -> dict | None:
+    """The truth of inputs already in ``work`` if made with the same sizes, else None."""
+    p = work / "truth.json"
+    if not p.exists():
+        return None
+    t = json.loads(p.read_text())
+    same = (t["n"] == args.n_inputs and t["ccd"] == [args.ccd[1], args.ccd[0]]
+            and t["patch"] == args.patch)
+    return t if same else None
 
 
 def main() -> int:
@@ -265,6 +286,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-swarp", action="store_true")
+    ap.add_argument("--reuse-inputs", action="store_true",
+                    help="keep the inputs already in --workdir when they were made with "
+                    "the same --n-inputs/--ccd/--patch (repeated runs)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every method this many times (interleaved, so that a "
+                    "shared machine's load hits all alike); the table shows each run's "
+                    "rows and the median speed ratio to SWarp")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="subset of swarp_WEIGHTED swarp_CLIPPED ours_MEAN ours_MEANCLIP "
                     "reproject (default all)")
@@ -274,11 +302,14 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_coadd-"))
     work.mkdir(parents=True, exist_ok=True)
     nx, ny = args.ccd
-    truth = make_inputs(work, args.n_inputs, (ny, nx), args.patch)
+    truth = _reusable_truth(work, args) if args.reuse_inputs else None
+    if truth is None:
+        truth = make_inputs(work, args.n_inputs, (ny, nx), args.patch)
     mpix = args.n_inputs * nx * ny / 1e6
-    # warm numba's cache once so compile time is not counted
-    subprocess.run([sys.executable, "-c", "import tractpatch.coadd.kernels, "
-                    "tractpatch.coadd.stack"], check=True)
+    # fill numba's on-disk cache once (a small coadd of the same input types, so every
+    # kernel is compiled for them) so that compile time is not counted
+    subprocess.run([sys.executable, __file__, "--child", "warmup", str(work), "1"],
+                   check=True, capture_output=True)
     methods = []
     want_swarp = not args.no_swarp and (not args.methods or
                                         any(m.startswith("swarp") for m in args.methods))
@@ -289,23 +320,38 @@ def main() -> int:
     if args.methods:
         methods = [m for m in methods if m[0] in args.methods]
     rows = []
-    for m, extra in methods:
-        out, wall, rss = timed(m, work, args.threads, extra)
-        rows.append(dict(method=m, wall_s=wall, mpix_per_s=mpix / wall, peak_rss_mb=rss,
-                         **measure(out, truth)))
-    ref = next((r for r in rows if r["method"] == "swarp_WEIGHTED"), None)
+    for rep in range(args.repeat):
+        for m, extra in methods:
+            out, wall, rss, cpu = timed(m, work, args.threads, extra)
+            rows.append(dict(method=m, run=rep, wall_s=wall, cpu_s=cpu,
+                             mpix_per_s=mpix / wall, peak_rss_mb=rss, **measure(out, truth)))
     print(f"inputs: {args.n_inputs} x {nx}x{ny} ({mpix:.1f} Mpix), patch {args.patch}^2, "
           f"{args.threads} threads, work dir {work}")
-    head = ("method", "wall_s", "Mpix/s", "peakMB", "cen_med", "cen_max", "flux|err|",
-            "flux_bias", "flux_rms", "speed_vs_swarp")
+    head = ("method", "run", "wall_s", "cpu_s", "Mpix/s", "peakMB", "cen_med", "cen_max",
+            "flux|err|", "flux_bias", "flux_rms", "speed_vs_swarp", "cpu_vs_swarp")
     print(" ".join(f"{h:>14s}" for h in head))
     for r in rows:
-        sp = ref["wall_s"] / r["wall_s"] if ref else float("nan")
-        vals = (r["method"], f"{r['wall_s']:.2f}", f"{r['mpix_per_s']:.2f}",
+        # the ratio to SWarp's wall time in the same round (same load on the machine)
+        ref = next((q for q in rows if q["method"] == "swarp_WEIGHTED"
+                    and q["run"] == r["run"]), None)
+        r["speed_vs_swarp"] = ref["wall_s"] / r["wall_s"] if ref else float("nan")
+        # CPU seconds per input pixel, relative: steadier than wall time under load
+        r["cpu_vs_swarp"] = ref["cpu_s"] / r["cpu_s"] if ref else float("nan")
+        vals = (r["method"], str(r["run"]), f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}",
+                f"{r['mpix_per_s']:.2f}",
                 f"{r['peak_rss_mb']:.0f}", f"{r['centroid_median']:.4f}",
                 f"{r['centroid_max']:.4f}", f"{r['flux_median_err']:.4f}",
-                f"{r['flux_bias']:+.4f}", f"{r['flux_rms']:.4f}", f"{sp:.2f}")
+                f"{r['flux_bias']:+.4f}", f"{r['flux_rms']:.4f}",
+                f"{r['speed_vs_swarp']:.2f}", f"{r['cpu_vs_swarp']:.2f}")
         print(" ".join(f"{v:>14s}" for v in vals))
+    if args.repeat > 1:
+        print("median over runs:")
+        for m, _ in methods:
+            rs = [r for r in rows if r["method"] == m]
+            print(f"{m:>14s}: speed vs SWarp {np.median([r['speed_vs_swarp'] for r in rs]):.2f}"
+                  f" (CPU time ratio {np.median([r['cpu_vs_swarp'] for r in rs]):.2f})"
+                  f", {np.median([r['mpix_per_s'] for r in rs]):.2f} Mpix/s, peak "
+                  f"{max(r['peak_rss_mb'] for r in rs):.0f} MB")
     (work / "results.json").write_text(json.dumps(rows, indent=1))
     return 0
 

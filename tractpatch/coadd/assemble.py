@@ -1,13 +1,17 @@
 """Assemble one patch: warp every input CCD, then stack the visits subregion by subregion.
 
 Memory stays bounded whatever the depth: each CCD's warp (only the part of the patch it
-covers) goes to a temporary ``.npy`` file as soon as it is made; the stack then reads,
-for one band of rows at a time, every visit's layer from those files (memory-mapped) —
-the band height is chosen so that the band's stack fits in ``maxStackMemoryMB``.
+covers; float32 image and variance, the mask in 16 bits when its planes fit) is kept in
+memory while the warps held stay within ``maxWarpMemoryMB`` and otherwise spilled to a
+temporary ``.npy`` file; the stack then gathers, for one band of rows at a time, every
+visit's layer (a numba paste, no masked-array temporaries) into a buffer reused for all
+bands — the band height is chosen so that the band's stack fits in ``maxStackMemoryMB``
+— and the fused numba statistic writes straight into the patch planes.
 """
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +19,12 @@ from typing import Iterable
 
 import numpy as np
 from astropy.wcs import WCS
+from numba import njit, prange
 
 from ..errors import DataQualityError
 from ..image import Exposure, MaskPlanes
 from .config import CoaddDriverConfig
-from .stack import stack_arrays
+from .stack import StackResult, stack_arrays
 from .warp import Warp, njy_to_coadd_scale, warp_exposure
 
 log = logging.getLogger("coaddDriver")
@@ -27,7 +32,7 @@ log = logging.getLogger("coaddDriver")
 
 @dataclass
 class CcdWarp:
-    """One CCD's warp stored on disk."""
+    """One CCD's warp, held in memory (``arrays``) or spilled to disk (``files``)."""
 
     visit: int
     ccd: int
@@ -39,10 +44,21 @@ class CcdWarp:
     transform_error: float
     calib_source: str | None = None
     calib_file: str | None = None
+    arrays: dict | None = None
+    nbytes: int = 0
 
     def load(self, plane: str):
-        """Memory-mapped plane (``image``, ``variance`` or ``mask``)."""
+        """The whole plane (``image``, ``variance`` or ``mask``); memory-mapped if spilled."""
+        if self.arrays is not None:
+            return self.arrays[plane]
         return np.load(self.files[plane], mmap_mode="r")
+
+    def rows(self, plane: str, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` (relative to the box) of a plane, as an in-memory array."""
+        if self.arrays is not None:
+            return self.arrays[plane][a:b]
+        # a copy of just those rows; the map is dropped at once (RSS stays bounded)
+        return np.array(np.load(self.files[plane], mmap_mode="r")[a:b])
 
 
 @dataclass
@@ -83,10 +99,66 @@ def subtract_background(exposure: Exposure, config: CoaddDriverConfig) -> Exposu
                     mask_planes=exposure.mask_planes, header=exposure.header)
 
 
+@njit(cache=True)
+def good_stats(img, var, msk, bad_bits, nsample):
+    """Good pixels of a warp (no bad bit, finite image, positive variance): their number
+    and the variances of every ``max(1, n // nsample)``-th of them (for a median)."""
+    flat_m = msk.ravel()
+    flat_i = img.ravel()
+    flat_v = var.ravel()
+    n = 0
+    for i in range(flat_m.size):
+        if (flat_m[i] & bad_bits) == 0 and math.isfinite(flat_i[i]) and flat_v[i] > 0:
+            n += 1
+    stride = max(1, n // nsample)
+    out = np.empty((n + stride - 1) // stride, np.float32)
+    k = 0
+    j = 0
+    for i in range(flat_m.size):
+        if (flat_m[i] & bad_bits) == 0 and math.isfinite(flat_i[i]) and flat_v[i] > 0:
+            if k % stride == 0:
+                out[j] = flat_v[i]
+                j += 1
+            k += 1
+    return n, out[:j]
+
+
+class WarpStore:
+    """Where the CCD warps of a patch wait for the stack: memory within a budget, then
+    temporary ``.npy`` files (one concept: the in-memory/spill policy)."""
+
+    def __init__(self, budget_mb: float, tmpdir: Path):
+        self.budget = int(budget_mb * 2 ** 20)
+        self.used = 0
+        self.tmpdir = Path(tmpdir)
+        self.spilled = 0
+
+    def put(self, visit: int, ccd: int, image, variance, mask,
+            mask_planes: MaskPlanes) -> tuple[dict | None, dict]:
+        """Keep the planes; returns ``(arrays, files)`` (one of them empty)."""
+        # the mask in 16 bits when every plane fits (the default planes use bits 0..12)
+        if max(mask_planes.planes.values(), default=0) < 16:
+            mask = mask.astype(np.uint16)
+        planes = {"image": image, "variance": variance, "mask": mask}
+        nbytes = sum(a.nbytes for a in planes.values())
+        if self.used + nbytes <= self.budget:
+            self.used += nbytes
+            return planes, {}
+        files = {}
+        for plane, data in planes.items():
+            # ".tmp-" names: showLedger.py --clean-tmp removes what a killed run leaves
+            p = self.tmpdir / f".tmp-{visit}-{ccd}-{plane}.npy"
+            np.save(p, data)
+            files[plane] = p
+        self.spilled += 1
+        return None, files
+
+
 def warp_to_disk(exposure: Exposure, wcs: WCS, shape, config: CoaddDriverConfig,
-                 workdir: Path) -> CcdWarp | None:
+                 workdir, store: WarpStore | None = None) -> CcdWarp | None:
     """Warp one calibrated CCD (nJy pixels) onto the patch, scaled to the zero point,
-    and store it; None when it does not overlap the patch or has no good pixel there."""
+    and store it (in ``store``'s memory budget, else in ``workdir``); None when it does
+    not overlap the patch or has no good pixel there."""
     if config.doSubtractBackground:
         exposure = subtract_background(exposure, config)
     w = warp_exposure(exposure, wcs, shape, kernel=config.warpingKernel,
@@ -97,44 +169,62 @@ def warp_to_disk(exposure: Exposure, wcs: WCS, shape, config: CoaddDriverConfig,
                       scale=njy_to_coadd_scale(config.zeroPoint))
     if w is None:
         return None
-    bad = w.mask & w.mask_planes.bitmask(*config.badMaskPlanes)
-    good = (bad == 0) & np.isfinite(w.image) & (w.variance > 0)
-    ngood = int(np.count_nonzero(good))
+    bad = w.mask_planes.bitmask(*config.badMaskPlanes)
+    # the typical variance (for the visit weight): a median over a subsample suffices
+    ngood, sample = good_stats(w.image, w.variance, w.mask, bad, 200_000)
     if ngood == 0:
         return None
+    medvar = float(np.median(sample))
     visit, ccd = exposure.info.visit, exposure.info.ccd
-    files = {}
-    for plane, data in (("image", w.image), ("variance", w.variance), ("mask", w.mask)):
-        # ".tmp-" names: showLedger.py --clean-tmp removes what a killed run leaves
-        p = workdir / f".tmp-{visit}-{ccd}-{plane}.npy"
-        np.save(p, data)
-        files[plane] = p
-    # the typical variance (for the visit weight): a median over a subsample suffices
-    gv = w.variance[good]
-    medvar = float(np.median(gv[::max(1, gv.size // 200_000)]))
+    if store is None:
+        store = WarpStore(0.0, workdir)
+    arrays, files = store.put(visit, ccd, w.image, w.variance, w.mask, w.mask_planes)
     return CcdWarp(visit, ccd, w.bbox, files, ngood, medvar,
                    float(exposure.info.exptime or 0.0), w.transform_error,
-                   exposure.header.get("CALIBSRC"), exposure.header.get("CALIBFIL"))
+                   exposure.header.get("CALIBSRC"), exposure.header.get("CALIBFIL"),
+                   arrays=arrays, nbytes=sum(a.nbytes for a in (arrays or {}).values()))
 
 
-def visit_layer(warps: list[CcdWarp], y0: int, y1: int, nx: int, nodata: int):
-    """Image, variance, mask of one visit over rows ``[y0, y1)`` (NO_DATA where no CCD)."""
-    img = np.zeros((y1 - y0, nx), np.float32)
-    var = np.zeros((y1 - y0, nx), np.float32)
-    msk = np.full((y1 - y0, nx), nodata, np.int32)
+@njit(parallel=True, cache=True, nogil=True)
+def paste_warp(dimg, dvar, dmsk, simg, svar, smsk, dy, dx, nodata):
+    """Copy a CCD's warp rows into a visit layer at row ``dy``, column ``dx``.
+
+    Where CCDs of one visit overlap, a pixel with data wins over NO_DATA (the last CCD
+    with data wins between two).
+    """
+    for y in prange(simg.shape[0]):
+        for x in range(simg.shape[1]):
+            m = np.int32(smsk[y, x])
+            if (m & nodata) == 0 or (dmsk[dy + y, dx + x] & nodata) != 0:
+                dimg[dy + y, dx + x] = simg[y, x]
+                dvar[dy + y, dx + x] = svar[y, x]
+                dmsk[dy + y, dx + x] = m
+
+
+def fill_layer(warps: list[CcdWarp], y0: int, y1: int, nodata: int, img, var, msk,
+               zero: bool = True):
+    """Fill one visit's layer (``img``, ``var``, ``msk``: rows ``[y0, y1)`` of the patch)
+    from its CCD warps; NO_DATA (and zeros, when ``zero``) where no CCD lands."""
+    if zero:
+        img[:] = 0.0
+        var[:] = 0.0
+    msk[:] = nodata
     for w in warps:
         bx0, by0, bx1, by1 = w.bbox
         a, b = max(y0, by0), min(y1, by1)
         if a >= b:
             continue
-        m = np.asarray(w.load("mask")[a - by0:b - by0])
-        # where CCDs of one visit overlap, a pixel with data wins over NO_DATA
-        take = ((m & nodata) == 0) | ((msk[a - y0:b - y0, bx0:bx1] & nodata) != 0)
-        for dst, plane in ((img, "image"), (var, "variance")):
-            sub = dst[a - y0:b - y0, bx0:bx1]
-            sub[take] = np.asarray(w.load(plane)[a - by0:b - by0])[take]
-        sub = msk[a - y0:b - y0, bx0:bx1]
-        sub[take] = m[take]
+        paste_warp(img, var, msk, w.rows("image", a - by0, b - by0),
+                   w.rows("variance", a - by0, b - by0), w.rows("mask", a - by0, b - by0),
+                   a - y0, bx0, nodata)
+
+
+def visit_layer(warps: list[CcdWarp], y0: int, y1: int, nx: int, nodata: int):
+    """Image, variance, mask of one visit over rows ``[y0, y1)`` (NO_DATA where no CCD)."""
+    img = np.empty((y1 - y0, nx), np.float32)
+    var = np.empty((y1 - y0, nx), np.float32)
+    msk = np.empty((y1 - y0, nx), np.int32)
+    fill_layer(warps, y0, y1, nodata, img, var, msk)
     return img, var, msk
 
 
@@ -162,6 +252,12 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
     res = CoaddResult(np.empty(shape, np.float32), np.empty(shape, np.float32),
                       np.empty(shape, np.int32), np.zeros(shape, np.int32),
                       np.zeros(shape, np.float32), mask_planes, rows_per_band=rows)
+    # one flat buffer per plane for all bands: every band's (k, rows, nx) view of it is
+    # C-contiguous, so the numba statistic reads it without a copy
+    cap = len(vlist) * rows * nx
+    buf_img = np.empty(cap, np.float32)
+    buf_var = np.empty(cap, np.float32)
+    buf_msk = np.empty(cap, np.int32)
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)
         active = [v for v in vlist if any(w.bbox[1] < y1 and w.bbox[3] > y0
@@ -171,24 +267,25 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
             res.variance[y0:y1] = np.nan
             res.mask[y0:y1] = nodata
             continue
-        imgs = np.empty((len(active), y1 - y0, nx), np.float32)
-        vars_ = np.empty_like(imgs)
-        msks = np.empty((len(active), y1 - y0, nx), np.int32)
+        cube = (len(active), y1 - y0, nx)
+        size = cube[0] * cube[1] * cube[2]
+        imgs = buf_img[:size].reshape(cube)
+        vars_ = buf_var[:size].reshape(cube)
+        msks = buf_msk[:size].reshape(cube)
         for k, v in enumerate(active):
-            imgs[k], vars_[k], msks[k] = visit_layer(visits[v], y0, y1, nx, nodata)
-        st = stack_arrays(imgs, vars_, msks, [weights[v] for v in active],
-                          [max(w.exptime for w in visits[v]) for v in active],
-                          mask_planes, statistic=config.statistic,
-                          nsigma=config.sigmaClip, niter=config.clipIter,
-                          ampfrac=config.clipAmpFrac,
-                          bad_planes=config.badMaskPlanes,
-                          thresholds=config.maskPropagationThresholds)
-        res.image[y0:y1] = st.image
-        res.variance[y0:y1] = st.variance
-        res.mask[y0:y1] = st.mask
-        res.nimage[y0:y1] = st.nimage
-        res.exptime[y0:y1] = st.exptime
-        del imgs, vars_, msks
+            # NO_DATA pixels are never read by the statistic: no need to zero them
+            fill_layer(visits[v], y0, y1, nodata, imgs[k], vars_[k], msks[k], zero=False)
+        stack_arrays(imgs, vars_, msks, [weights[v] for v in active],
+                     [max(w.exptime for w in visits[v]) for v in active],
+                     mask_planes, statistic=config.statistic,
+                     nsigma=config.sigmaClip, niter=config.clipIter,
+                     ampfrac=config.clipAmpFrac,
+                     bad_planes=config.badMaskPlanes,
+                     thresholds=config.maskPropagationThresholds,
+                     out=StackResult(res.image[y0:y1], res.variance[y0:y1],
+                                     res.mask[y0:y1], res.nimage[y0:y1],
+                                     res.exptime[y0:y1]))
+    del buf_img, buf_var, buf_msk
     res.inputs = [dict(visit=w.visit, ccd=w.ccd, weight=weights[w.visit],
                        goodPix=w.good_pixels, calibSource=w.calib_source or "",
                        transformError=w.transform_error) for w in warps]
@@ -225,8 +322,11 @@ def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,
         tmp = Path(tmp)
         warps = []
         mask_planes = MaskPlanes()
+        store = WarpStore(config.maxWarpMemoryMB, tmp)
+        if config.prefetchInputs:
+            exposures = prefetch(exposures)
         for exp in exposures:
-            cw = warp_to_disk(exp, wcs, shape, config, tmp)
+            cw = warp_to_disk(exp, wcs, shape, config, tmp, store)
             if cw is None:
                 log.info("visit=%s ccd=%s: no good pixels on this patch", exp.info.visit,
                          exp.info.ccd)
@@ -241,9 +341,37 @@ def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,
             warps.append(cw)
         if not warps:
             return None
+        log.debug("%d CCD warps: %.0f MB in memory, %d spilled to %s", len(warps),
+                  store.used / 2 ** 20, store.spilled, tmp)
         if on_visit_warp is not None:
             _emit_visit_warps(warps, shape, mask_planes, on_visit_warp)
         return assemble(warps, shape, config, mask_planes)
+
+
+def prefetch(items: Iterable):
+    """Iterate over ``items`` with the next one fetched in a background thread.
+
+    Reading the next CALEXP (FITS I/O, byte swapping: both release the GIL) overlaps the
+    warp of the current one (numba, ``nogil``); one item ahead only, so memory grows by
+    one exposure at most. Exceptions are raised where the item would have been.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    done = object()
+
+    def fetch():
+        return next(it, done)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        fut = pool.submit(fetch)
+        while True:
+            item = fut.result()
+            if item is done:
+                return
+            fut = pool.submit(fetch)
+            yield item
+            del item
 
 
 def _emit_visit_warps(warps, shape, mask_planes, callback):

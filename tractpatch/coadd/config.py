@@ -47,6 +47,11 @@ class CoaddDriverConfig(TaskConfig):
     zeroPoint: float = Field(27.0, description="AB zero point of the coadd pixel values")
     maxStackMemoryMB: float = Field(300.0, gt=0, description="memory for one subregion's "
                                     "stack of inputs; sets the subregion height")
+    maxWarpMemoryMB: float = Field(500.0, ge=0, description="memory for the CCD warps "
+                                   "of a patch waiting to be stacked; beyond it they are "
+                                   "spilled to temporary .npy files in the rerun")
+    prefetchInputs: bool = Field(True, description="read the next CALEXP in a background "
+                                 "thread while the current one is warped")
     doWriteWarps: bool = Field(False, description="also write the per-visit warps "
                                "(deepCoadd_warp)")
     calexpDataset: str = Field("calexp", description="dataset of the calibrated inputs")

@@ -125,9 +125,36 @@ def _interp_grid(g, cj, ci, fy, fx):
             + fy * ((1 - fx) * g[cj + 1, ci] + fx * g[cj + 1, ci + 1]))
 
 
+#: Fast-math flags of the warping loop: reassociation lets LLVM vectorise the tap sums;
+#: no "nnan"/"ninf", since the footprint test must still reject NaN positions.
+FASTMATH = {"contract", "reassoc", "arcp", "nsz"}
+
+
 @njit(parallel=True, cache=True)
+def clean_windows(msk, n):
+    """``out[y, x] = 1`` where ``msk[y, x:x+n]`` is all zero (uint8, same shape as ``msk``).
+
+    The warping loop reads one byte per kernel row instead of ``n`` mask words to tell
+    that a footprint carries no mask bit at all (the fast path).
+    """
+    ny, nx = msk.shape
+    out = np.zeros((ny, nx), np.uint8)
+    for y in prange(ny):
+        run = 0  # zero-mask pixels from x to the right
+        for x in range(nx - 1, -1, -1):
+            if msk[y, x] == 0:
+                run += 1
+            else:
+                run = 0
+            if run >= n:
+                out[y, x] = 1
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
-                table, over, a, mask_threshold, out_img, out_var, out_msk, out_cov):
+                table, over, a, mask_threshold, out_img, out_var, out_msk, out_cov,
+                clean, all_clean, scale):
     """Resample ``img``/``var``/``msk`` onto an ``ny × nx`` output region.
 
     Parameters
@@ -152,9 +179,17 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
     out_img, out_var, out_cov : 2-D float32 outputs; ``out_cov`` is the fraction of the
         kernel's absolute weight on good pixels (0 where nothing landed).
     out_msk : 2-D int32 output mask.
+    clean : 2-D uint8, :func:`clean_windows` of ``msk`` for ``2 a`` (ignored, and may be
+        empty, when ``all_clean``).
+    all_clean : bool
+        ``msk`` is zero everywhere.
+    scale : float
+        Factor applied to the image (its square to the variance), e.g. to the coadd zero
+        point.
     """
     sny, snx = img.shape
     n = 2 * a
+    scale2 = scale * scale
     for iy in prange(ny):
         wx = np.empty(n)
         wx2 = np.empty(n)
@@ -182,10 +217,15 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
             y0 -= a - 1
             # fast path (almost every pixel): footprint inside the CCD, no mask bit set;
             # the weights then sum to 1 and nothing needs bookkeeping
-            if x0 >= 0 and y0 >= 0 and x0 + n <= snx and y0 + n <= sny:
+            inside = x0 >= 0 and y0 >= 0 and x0 + n <= snx and y0 + n <= sny
+            if inside and not all_clean:
+                for ky in range(n):
+                    if clean[y0 + ky, x0] == 0:
+                        inside = False
+                        break
+            if inside:
                 s = 0.0
                 v = 0.0
-                mor = 0
                 for kx in range(n):
                     wx2[kx] = wx[kx] * wx[kx]
                 for ky in range(n):
@@ -194,17 +234,15 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
                     rv = 0.0
                     for kx in range(n):
                         xx = x0 + kx
-                        mor |= msk[yy, xx]
                         rs += wx[kx] * img[yy, xx]
                         rv += wx2[kx] * var[yy, xx]
                     s += wy[ky] * rs
                     v += wy[ky] * wy[ky] * rv
-                if mor == 0:
-                    out_img[iy, ix] = jac * s
-                    out_var[iy, ix] = jac * jac * v
-                    out_msk[iy, ix] = 0
-                    out_cov[iy, ix] = 1.0
-                    continue
+                out_img[iy, ix] = jac * s * scale
+                out_var[iy, ix] = jac * jac * v * scale2
+                out_msk[iy, ix] = 0
+                out_cov[iy, ix] = 1.0
+                continue
             s = 0.0
             v = 0.0
             wsum = 0.0
@@ -252,7 +290,7 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
                 out_msk[iy, ix] = bits | (1 << nodata_bit)
                 out_cov[iy, ix] = 0.0
                 continue
-            out_img[iy, ix] = jac * s / wsum
-            out_var[iy, ix] = jac * jac * v / (wsum * wsum)
+            out_img[iy, ix] = jac * s / wsum * scale
+            out_var[iy, ix] = jac * jac * v / (wsum * wsum) * scale2
             out_msk[iy, ix] = bits
             out_cov[iy, ix] = good_abs / total_abs

@@ -58,7 +58,7 @@ def _median(buf, n, tmp):
     return 0.5 * (tmp[n // 2 - 1] + tmp[n // 2])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, clipped_bit,
                  rejected_bit, thr_bits, thr_vals, stat, nsigma, niter, ampfrac,
                  out_img, out_var, out_msk, out_n, out_exp):
@@ -190,7 +190,8 @@ def stack_arrays(images, variances, masks, weights, exptimes, mask_planes,
                  statistic: str = "MEANCLIP", nsigma: float = 3.0, niter: int = 2,
                  ampfrac: float = 1.0,
                  bad_planes=("BAD", "SAT", "CR", "NO_DATA", "EDGE", "SUSPECT"),
-                 thresholds: dict | None = None) -> StackResult:
+                 thresholds: dict | None = None, out: StackResult | None = None
+                 ) -> StackResult:
     """Stack aligned inputs of shape (k, ny, nx) into one region.
 
     Parameters
@@ -214,6 +215,10 @@ def stack_arrays(images, variances, masks, weights, exptimes, mask_planes,
         Plane → minimum fraction of covering weight for that plane to be set in the
         coadd (default ``{"SAT": 0.1}``).
 
+    out : StackResult, optional
+        Planes to write into (each C-contiguous ``(ny, nx)``, dtypes as returned), e.g.
+        row bands of the patch coadd: no temporary result and no copy.
+
     Returns
     -------
     StackResult
@@ -223,9 +228,10 @@ def stack_arrays(images, variances, masks, weights, exptimes, mask_planes,
     thresholds = {"SAT": 0.1} if thresholds is None else thresholds
     imgs = np.ascontiguousarray(images, dtype=np.float32)
     k, ny, nx = imgs.shape
-    out = StackResult(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
-                      np.empty((ny, nx), np.int32), np.empty((ny, nx), np.int32),
-                      np.empty((ny, nx), np.float32))
+    if out is None:
+        out = StackResult(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
+                          np.empty((ny, nx), np.int32), np.empty((ny, nx), np.int32),
+                          np.empty((ny, nx), np.float32))
     thr_bits = np.array([mask_planes.bit(p) for p in thresholds], dtype=np.int64)
     thr_vals = np.array([float(v) for v in thresholds.values()], dtype=np.float64)
     stack_region(imgs, np.ascontiguousarray(variances, dtype=np.float32),

@@ -16,6 +16,7 @@ calibSource); optional per-visit warps ``deepCoadd/<filter>/<tract>/<x>,<y>/warp
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class CoaddDriverTask(CmdLineTask):
         from ..skymap import load_skymap
         from ..skymap.selection import ccd_polygon
 
+        limit_threads(self.options.get("processes") or 1)
         tract = _tract(load_skymap(self.repo), data_id["tract"])
         px, py = (int(v) for v in data_id["patch"].split(","))
         patch = tract.patch(px, py)
@@ -204,6 +206,21 @@ def _tract(skymap, tract_id):
     except (KeyError, IndexError) as exc:
         raise UserError(f"--id tract={tract_id}: not in the skymap ({exc}); see "
                         "findTractPatch.py or remake the skymap") from None
+
+
+def limit_threads(processes: int) -> int:
+    """Give each of ``processes`` local workers its share of the CPUs for numba's
+    threads (never more than ``NUMBA_NUM_THREADS``): ``-j N`` must not run N times
+    ncpu threads that preempt each other inside the parallel loops. Returns the count."""
+    import numba
+
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        ncpu = os.cpu_count() or 1
+    n = max(1, min(numba.config.NUMBA_NUM_THREADS, ncpu // max(1, int(processes))))
+    numba.set_num_threads(n)
+    return n
 
 
 def write_coadd(path, res: CoaddResult, wcs, header: dict) -> None:

@@ -14,7 +14,8 @@ from astropy.wcs import WCS
 
 from ..image import Exposure, MaskPlanes
 from ..image.photocalib import AB_FLUX_NJY
-from .kernels import TABLE_OVERSAMPLE, kernel_code, kernel_table, warp_region
+from .kernels import (TABLE_OVERSAMPLE, clean_windows, kernel_code, kernel_table,
+                      warp_region)
 from .transform import CoarseTransform, coarse_transform, footprint_bbox
 
 #: Planes whose pixels are left out when interpolating (their values are not usable).
@@ -126,18 +127,28 @@ def warp_exposure(exposure: Exposure, out_wcs: WCS, out_shape, kernel: str = "la
         var = np.empty((ny, nx), np.float32)
         msk = np.empty((ny, nx), np.int32)
         cov = np.empty((ny, nx), np.float32)
-        warp_region(exposure.image, exposure.variance, in_mask,
+        all_clean = not in_mask.any()
+        # the fast-path test needs the clean windows only where some mask bit is set
+        clean = np.zeros((0, 0), np.uint8) if all_clean else clean_windows(in_mask, 2 * a)
+        warp_region(_as_f32(exposure.image), _as_f32(exposure.variance),
+                    np.ascontiguousarray(in_mask, np.int32),
                     mp.bitmask(*bad_planes), nodata_bit, tr.gx, tr.gy, tr.gj, tr.step,
                     ny, nx, _table(kernel), TABLE_OVERSAMPLE, a, float(mask_threshold),
-                    img, var, msk, cov)
+                    img, var, msk, cov, clean, all_clean, float(scale))
     else:
         img, var, msk, cov = _warp_reproject(exposure, out_wcs, tr, method, mp, bad_planes,
                                              mask_threshold)
-    if scale != 1.0:
-        img *= np.float32(scale)
-        var *= np.float32(scale * scale)
+        if scale != 1.0:
+            img *= np.float32(scale)
+            var *= np.float32(scale * scale)
     return Warp(img, var, msk, cov, box, MaskPlanes(dict(mp.planes)), tr.max_error,
                 tr.step)
+
+
+def _as_f32(a: np.ndarray) -> np.ndarray:
+    """``a`` as C-contiguous float32 (no copy when it already is): one compiled
+    specialisation of the loop, half the memory traffic of float64."""
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 _TABLES: dict = {}
