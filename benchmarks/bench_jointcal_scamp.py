@@ -276,7 +276,10 @@ def noise_floor(workdir: Path, rerun: str, filters: dict, truth, min_snr=10.0) -
             nstars.append(int(ok.sum()))
         out[f] = {"wcs_floor_mas": float(np.sqrt(np.mean(np.square(ast)))),
                   "calib_floor_mmag": float(np.sqrt(np.mean(np.square(pho)))),
-                  "median_stars_per_ccd": float(np.median(nstars))}
+                  "median_stars_per_ccd": float(np.median(nstars)),
+                  "calib_limit_const_per_visit_mmag": constant_model_limit(truth, visits),
+                  "calib_limit_const_per_ccd_mmag": constant_model_limit(truth, visits,
+                                                                         "ccd")}
     return out
 
 
