@@ -129,3 +129,13 @@ def test_ingest_cli_errors(tmp_path, run):
     nowcs = tmp_path / "nowcs.fits"
     fits.PrimaryHDU(np.zeros((5, 5), np.float32)).writeto(nowcs)
     assert "no celestial WCS" in one_line_error(run("ingestImages.py", tmp_path / "r", nowcs))
+
+
+def test_deleted_rerun_is_redone(repo_root):
+    import shutil
+
+    assert echo(repo_root, "--rerun", "gone", "--id", "visit=10").returncode == 0
+    shutil.rmtree(repo_root / "rerun/gone")
+    p = echo(repo_root, "--rerun", "gone", "--id", "visit=10")
+    assert p.returncode == 0 and "forgot its 2 ledger entries" in p.stderr
+    assert (repo_root / "rerun/gone/echo-10-0.txt").exists()

@@ -138,6 +138,12 @@ class CmdLineTask:
         repo = Repository(args.root, registry_url=args.registry)
         if args.rerun:
             repo.set_rerun(args.rerun)
+            if not repo.rerun_dir.exists():
+                # the user deleted the rerun: its ledger no longer describes any output
+                n = repo.registry.ledger_clear(repo.rerun)
+                if n:
+                    logging.getLogger(cls.name).info(
+                        "rerun %s was deleted: forgot its %d ledger entries", repo.rerun, n)
         options = {k: v for k, v in vars(args).items()
                    if k not in ("root", "rerun", "config", "configfile", "id", "selectId")}
         task = cls(repo, config, options)

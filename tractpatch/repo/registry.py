@@ -302,6 +302,11 @@ class Registry:
         raise RuntimeError(f"ledger {task} {rerun_name} {key}: could not record state "
                            "(concurrent writers)")
 
+    def ledger_clear(self, rerun_name: str) -> int:
+        """Forget every ledger row of a rerun (its directory was deleted); returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(ledger.delete().where(ledger.c.rerun == rerun_name)).rowcount
+
     def ledger_rows(self, rerun_name: str, task: str | None = None) -> list[dict]:
         """All ledger rows of a rerun (optionally of one task)."""
         q = sa.select(ledger).where(ledger.c.rerun == rerun_name)
