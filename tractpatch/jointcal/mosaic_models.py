@@ -81,7 +81,8 @@ class MosaicAstrometryModel:
         Visit and CCD index of every CCD image.
     n_visits, n_ccds : int
     half_size : ndarray, shape (n_ccds, 2)
-        Half width and height of each CCD on the focal plane (arcsec): ``hx``, ``hy``.
+        Half width and height of each CCD on the focal plane (arcsec): ``hx``, ``hy``;
+        ``hy < 0`` when the pixel grid is mirrored on the sky (the usual parity).
     order : int
         Total order of the per-visit series.
     reference_ccd : int

@@ -53,7 +53,10 @@ def fit_mosaic(det: Detections, images: list[CcdImage], refcat: RefCatalog,
     for g, im in enumerate(prep.images):
         nx[prep.img_ccd[g]], ny[prep.img_ccd[g]] = im.nx, im.ny
     pix = float(np.median(np.concatenate([half_x / (nx / 2), half_y / (ny / 2)])))
-    half = np.column_stack([pix * nx / 2, pix * ny / 2])
+    # pixels -> sky usually flips parity (east is left): a negative half height keeps the
+    # rigid placement a proper rotation with the camera's handedness
+    parity = np.sign(np.median(affine[:, 1] * affine[:, 5] - affine[:, 2] * affine[:, 4]))
+    half = np.column_stack([pix * nx / 2, parity * pix * ny / 2])
     n_visit_meas = np.bincount(prep.img_visit[prep.meas.img], minlength=nv)
     # 2 equations (xi, eta) per measurement for 2 series per visit: same ratio as 1:1
     order = supported_order(config.fittingOrder, n_visit_meas, config.minStarsPerParameter,

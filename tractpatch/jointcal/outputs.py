@@ -72,8 +72,8 @@ def fit_tan_sip(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0,
     for order in range(2, max_order + 1):
         B = monomials(du / s, dv / s, order)[:, 1:]  # no constant: CRVAL is exact
         terms = poly_terms(order)[1:]
-        cxi = np.linalg.lstsq(B, xi, rcond=None)[0] / s ** terms.sum(axis=1)
-        ceta = np.linalg.lstsq(B, eta, rcond=None)[0] / s ** terms.sum(axis=1)
+        sol = np.linalg.lstsq(B, np.column_stack([xi, eta]), rcond=None)[0]  # one SVD
+        cxi, ceta = (sol / s ** terms.sum(axis=1)[:, None]).T
         cd = np.array([[cxi[0], cxi[1]], [ceta[0], ceta[1]]])  # terms (1,0), (0,1)
         cdi = np.linalg.inv(cd)
         full = np.vstack([cxi, ceta])
@@ -87,8 +87,8 @@ def fit_tan_sip(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0,
         inv_order = min(order + 1, 9)
         Bi = monomials(U / s, V / s, inv_order)
         ti = poly_terms(inv_order)
-        ap = np.linalg.lstsq(Bi, du - U, rcond=None)[0] / s ** ti.sum(axis=1)
-        bp = np.linalg.lstsq(Bi, dv - V, rcond=None)[0] / s ** ti.sum(axis=1)
+        sol = np.linalg.lstsq(Bi, np.column_stack([du - U, dv - V]), rcond=None)[0]
+        ap, bp = (sol / s ** ti.sum(axis=1)[:, None]).T
         h = _sip_header(ra0, dec0, (cx, cy), cd, a, b, ap, bp, order, inv_order, nx, ny)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
