@@ -45,9 +45,9 @@ class CoaddDriverConfig(TaskConfig):
     backgroundFilterSize: int = Field(3, ge=1, description="median filter of the background "
                                       "meshes")
     zeroPoint: float = Field(27.0, description="AB zero point of the coadd pixel values")
-    maxStackMemoryMB: float = Field(300.0, gt=0, description="memory for one subregion's "
+    maxStackMemoryMB: float = Field(150.0, gt=0, description="memory for one subregion's "
                                     "stack of inputs; sets the subregion height")
-    maxWarpMemoryMB: float = Field(500.0, ge=0, description="memory for the CCD warps "
+    maxWarpMemoryMB: float = Field(400.0, ge=0, description="memory for the CCD warps "
                                    "of a patch waiting to be stacked; beyond it they are "
                                    "spilled to temporary .npy files in the rerun")
     prefetchInputs: bool = Field(True, description="read the next CALEXP in a background "

@@ -197,18 +197,27 @@ def warp_region(img, var, msk, bad_bits, nodata_bit, gx, gy, gj, step, ny, nx,
         frac = np.zeros(32)
         cj = iy // step
         fy = (iy - cj * step) / step
+        # the grid interpolated to this row once: per pixel, a lerp between two nodes
+        ngx = gx.shape[1]
+        rx = np.empty(ngx)
+        ry = np.empty(ngx)
+        rj = np.empty(ngx)
+        for i in range(ngx):
+            rx[i] = (1 - fy) * gx[cj, i] + fy * gx[cj + 1, i]
+            ry[i] = (1 - fy) * gy[cj, i] + fy * gy[cj + 1, i]
+            rj[i] = (1 - fy) * gj[cj, i] + fy * gj[cj + 1, i]
         for ix in range(nx):
             ci = ix // step
             fx = (ix - ci * step) / step
-            sx = _interp_grid(gx, cj, ci, fy, fx)
-            sy = _interp_grid(gy, cj, ci, fy, fx)
+            sx = (1 - fx) * rx[ci] + fx * rx[ci + 1]
+            sy = (1 - fx) * ry[ci] + fx * ry[ci + 1]
             if not (sx > -0.5 and sx < snx - 0.5 and sy > -0.5 and sy < sny - 0.5):
                 out_img[iy, ix] = 0.0
                 out_var[iy, ix] = 0.0
                 out_msk[iy, ix] = 1 << nodata_bit
                 out_cov[iy, ix] = 0.0
                 continue
-            jac = _interp_grid(gj, cj, ci, fy, fx)
+            jac = (1 - fx) * rj[ci] + fx * rj[ci + 1]
             x0 = int(math.floor(sx))
             y0 = int(math.floor(sy))
             table_weights(sx - x0, a, table, over, wx)

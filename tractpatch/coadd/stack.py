@@ -137,11 +137,22 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
                     floor2 += vv[i]
                 floor = math.sqrt(floor2 / n)
                 center = _median(vals, n, tmp)
+                # the first pass's sigma is at least hypot(floor, ampfrac * center): when
+                # no value is that far out, nothing is clipped whatever the MAD, and the
+                # second sort (the MAD's) is skipped - the case of almost every pixel
+                far = 0.0
                 for i in range(n):
                     dev[i] = abs(vals[i] - center)
-                sig = math.hypot(max(1.4826 * _median(dev, n, tmp), floor), ampfrac * center)
+                    far = max(far, dev[i])
                 nk = n
-                for it in range(niter):
+                sig = 0.0
+                if far <= nsigma * math.hypot(floor, ampfrac * center):
+                    niter_px = 0
+                else:
+                    niter_px = niter
+                    sig = math.hypot(max(1.4826 * _median(dev, n, tmp), floor),
+                                     ampfrac * center)
+                for it in range(niter_px):
                     nclip = 0
                     for i in range(n):
                         if keep[i] and abs(vals[i] - center) > nsigma * sig:
