@@ -84,8 +84,8 @@ def score_coadd(path, truth, filter_name: str, zero_point: float | None = None,
     Stars are placed with the patch WCS at the mean epoch of the filter's visits and
     measured with sep (windowed centroid; aperture of 3 PSF FWHM with a local sky
     annulus). The aperture flux is compared with the true flux times the coadd PSF's
-    enclosed fraction: the input visits' true Moffat PSFs averaged with the coadd's input
-    weights (INPUTS table). Only stars without a neighbour brighter than 1 % of their flux
+    enclosed fraction at the star: the true Moffat PSFs of the input CCDs that cover it,
+    averaged with the coadd's visit weights (INPUTS table). Only stars without a neighbour brighter than 1 % of their flux
     within the aperture plus 2.5 FWHM are used (the simulated fields are crowded).
     """
     import sep
@@ -100,31 +100,39 @@ def score_coadd(path, truth, filter_name: str, zero_point: float | None = None,
         inputs = Table(h["INPUTS"].data) if "INPUTS" in h else None
     wcs = read_wcs(hdr, source=str(path))
     pix_arcsec = abs(wcs.proj_plane_pixel_scales()[0].to_value("deg")) * 3600
-    if inputs is not None and len(inputs):
-        visits = sorted(set(int(v) for v in inputs["visit"]))
-        weights = np.array([np.sum(inputs["weight"][inputs["visit"] == v]) for v in visits])
-    else:
-        visits = [v for v in truth.visits if truth.visit(v)["filter"] == filter_name]
-        weights = np.ones(len(visits))
-    weights = weights / weights.sum()
-    fwhm = np.array([truth.visit(v)["fwhm"] for v in visits]) / pix_arcsec
+    if inputs is None or not len(inputs):
+        return {}
     beta = float(truth.psf["beta"])
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    fwhm_mean = float(np.sum(weights * fwhm))
+    visits = sorted(set(int(v) for v in inputs["visit"]))
+    vweight = {v: float(np.mean(inputs["weight"][inputs["visit"] == v])) for v in visits}
+    fwhm_mean = float(np.average([truth.visit(v)["fwhm"] for v in visits],
+                                 weights=[vweight[v] for v in visits])) / pix_arcsec
     r_ap = 3.0 * fwhm_mean
-    enclosed = float(np.sum(weights * (1 - (1 + (r_ap / alpha) ** 2) ** (1 - beta))))
-
-    epoch = float(np.sum(weights * [truth.visit(v)["epoch"] for v in visits]))
+    epoch = float(np.average([truth.visit(v)["epoch"] for v in visits],
+                             weights=[vweight[v] for v in visits]))
     ra, dec = truth.object_positions(epoch=epoch)
-    stars = np.asarray(truth.objects["type"]) == "star"
     flux_all = np.asarray(truth.objects[f"flux_{filter_name}"], float)
+    # the coadd PSF at each star: the Moffats of the inputs that cover it, with their
+    # coadd weights (true FWHM at the star's place on each CCD)
+    wsum = np.zeros(len(flux_all))
+    ee = np.zeros(len(flux_all))
+    for v, c in zip(inputs["visit"], inputs["ccd"]):
+        rows, xc, yc = truth.objects_on(int(v), int(c))
+        fwhm = truth.psf_fwhm(int(v), int(c), xc, yc) / pix_arcsec
+        alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+        wsum[rows] += vweight[int(v)]
+        ee[rows] += vweight[int(v)] * _aperture_fraction(r_ap, alpha, beta)
+    covered = wsum > 0
+    enclosed_all = np.where(covered, ee / np.maximum(wsum, 1e-300), np.nan)
+    stars = (np.asarray(truth.objects["type"]) == "star") & covered
     x_all, y_all = wcs.all_world2pix(ra, dec, 0)
     keep = stars & _isolated(x_all, y_all, flux_all, r_ap + 2.5 * fwhm_mean, 0.01)
     x, y, flux_true = x_all[keep], y_all[keep], flux_all[keep]
+    enclosed = enclosed_all[keep]
     ny, nx = img.shape
     margin = r_ap + 14
     inside = (x > margin) & (x < nx - margin) & (y > margin) & (y < ny - margin)
-    x, y, flux_true = x[inside], y[inside], flux_true[inside]
+    x, y, flux_true, enclosed = x[inside], y[inside], flux_true[inside], enclosed[inside]
     if len(x) == 0:
         return {}
     good = np.isfinite(img) & np.isfinite(var) & (var > 0)
@@ -139,11 +147,22 @@ def score_coadd(path, truth, filter_name: str, zero_point: float | None = None,
         return {}
     xw, yw, _ = sep.winpos(img, x[sel], y[sel], fwhm_mean / 2.3548)
     off = np.hypot(xw - x[sel], yw - y[sel]) * pix_arcsec * 1000
-    ratio = flux[sel] * scale / (flux_true[sel] * enclosed)
+    ratio = flux[sel] * scale / (flux_true[sel] * enclosed[sel])
     return {"n_stars": int(sel.sum()), "offset_median_mas": float(np.median(off)),
             "flux_ratio_median": float(np.median(ratio)),
             "flux_ratio_scatter": float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))),
-            "enclosed_fraction": enclosed}
+            "enclosed_fraction": float(np.median(enclosed[sel]))}
+
+
+def _aperture_fraction(r, alpha, beta, ann=(4.0, 12.0)):
+    """Fraction of a Moffat star's flux that an aperture of radius ``r`` measures when
+    the sky is taken from the annulus ``r + ann`` (whose share of the wings is then
+    subtracted per unit area)."""
+    def ee(rr):
+        return 1 - (1 + (rr / alpha) ** 2) ** (1 - beta)
+
+    r_in, r_out = r + ann[0], r + ann[1]
+    return ee(r) - r ** 2 / (r_out ** 2 - r_in ** 2) * (ee(r_out) - ee(r_in))
 
 
 def _isolated(x, y, flux, radius, max_ratio=0.01) -> np.ndarray:
