@@ -156,8 +156,12 @@ class CmdLineTask:
             return 0
         if cls.uses_ids and cls.level != "none" and not units:
             what = " ".join(f"--id {s}" for s in ids) or "(no --id)"
+            hint = ("; with tract=, only CCDs that overlap the tract count (see "
+                    "findTractPatch.py --id ...)" if any("tract" in s.terms for s in ids)
+                    else "")
             raise UserError(f"{what} matches no data in {repo.root}; check the keys "
-                            "against the registry (--show data) or ingest the data first")
+                            "against the registry (--show data) or ingest the data first"
+                            + hint)
         if repo.rerun is not None:
             save_config(repo, cls.name, config, args.clobber_config)
         ctx = TaskContext(cls, str(repo.root), repo.rerun, args.registry, config, options)
@@ -276,7 +280,11 @@ def save_config(repo: Repository, task_name: str, config: TaskConfig,
 
 
 def summarize(log, results: list[UnitResult]) -> int:
-    """Log one summary line (and one line per problem); exit status 1 if faults remain."""
+    """Log one summary line (and one line per problem).
+
+    Exit status 1 if faults remain, 2 if every unit was flagged as unusable (nothing was
+    made), else 0.
+    """
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -287,7 +295,11 @@ def summarize(log, results: list[UnitResult]) -> int:
     if results:
         log.info("%d units: %s", len(results),
                  ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return 1 if counts.get("fault") else 0
+    if counts.get("fault"):
+        return 1
+    if results and counts.get("quality") == len(results):
+        return 2  # every unit was unusable: the run made nothing
+    return 0
 
 
 def _setup_logging():
