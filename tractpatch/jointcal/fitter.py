@@ -26,6 +26,7 @@ import scipy.sparse.linalg as spla
 from numba import njit
 
 from ..errors import DataQualityError
+from .threads import single_blas_thread
 
 log = logging.getLogger("jointcal")
 
@@ -168,14 +169,19 @@ def _cholesky_solve(H, b):
             "or drop those data")
     s = 1.0 / np.sqrt(diag)  # Jacobi scaling: parameters of very different units
     Hs = H * s[:, None] * s[None, :]
+    # numpy's LAPACK, not scipy's: the wheels bundle two OpenBLAS copies, and after the
+    # Schur products (numpy) the idle spinning threads of one pool starve the other's
+    # potrf -- a 200 x 200 factorisation then took 0.5 s instead of 1 ms on 2 cores
     try:
-        cf = scipy.linalg.cho_factor(Hs, lower=True, check_finite=False)
+        L = np.linalg.cholesky(Hs)
     except np.linalg.LinAlgError:
         raise SingularSystemError(
             "singular normal matrix (the model has a degeneracy the data do not fix, "
             "e.g. too few stars for the polynomial order); lower the model order or "
             "select more stars") from None
-    return scipy.linalg.cho_solve(cf, b * s, check_finite=False) * s
+    # triangular solves are level-2 BLAS (single-threaded): no pool contention
+    y = scipy.linalg.solve_triangular(L, b * s, lower=True, check_finite=False)
+    return scipy.linalg.solve_triangular(L.T, y, lower=False, check_finite=False) * s
 
 
 def _solve_sparse(rows, idx, star, n_free, n_star):
@@ -238,8 +244,16 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
 
     ``problem.rows(theta, stars)`` returns :class:`Rows`, ``problem.chi2(theta, stars)``
     the chi^2 alone (for trial steps); ``problem.n_star`` the number of star parameters. A step that raises chi^2 is halved up to 6 times; if it still does
-    not decrease the fit is declared diverged (:class:`DataQualityError`).
+    not decrease the fit is declared diverged (:class:`DataQualityError`). BLAS runs
+    single-threaded (see :mod:`.threads`): the products and factorisations are small.
     """
+    with single_blas_thread():
+        return _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
+                             dense_limit)
+
+
+def _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
+                  dense_limit) -> FitResult:
     free_theta = np.asarray(free_theta, bool)
     free_map = np.full(len(theta), -1, np.int64)
     free_map[free_theta] = np.arange(free_theta.sum())
