@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..errors import DataQualityError, UserError
+from ..errors import UserError
 from ..repo.dataid import DataIdSpec, parse_id_args
 from ..repo.registry import UpstreamNotDone
 from ..repo.repository import Repository
@@ -188,15 +188,8 @@ def run_one(ctx: TaskContext, task: "CmdLineTask", data_id: dict, retries: int,
             reg.ledger_set(task.name, rerun, data_id, "running")
         try:
             value = task.run_unit(data_id)
-        except DataQualityError as exc:
-            if use_ledger:
-                reg.ledger_set(task.name, rerun, data_id, "done", quality=str(exc),
-                               message=str(exc))
-            if doraise:
-                raise
-            return UnitResult(data_id, "quality", str(exc))
         except UserError as exc:
-            # bad input: not transient, do not retry
+            # bad input or unusable data (DataQualityError): flagged, never retried
             if use_ledger:
                 reg.ledger_set(task.name, rerun, data_id, "done", quality=str(exc),
                                message=str(exc))
