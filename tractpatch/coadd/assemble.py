@@ -25,7 +25,7 @@ from ..errors import DataQualityError
 from ..image import Exposure, MaskPlanes
 from .config import CoaddDriverConfig
 from .stack import StackResult, stack_arrays
-from .warp import Warp, njy_to_coadd_scale, warp_exposure
+from .warp import njy_to_coadd_scale, warp_exposure
 
 log = logging.getLogger("coaddDriver")
 
@@ -90,48 +90,78 @@ def subtract_background(exposure: Exposure, config: CoaddDriverConfig) -> Exposu
     bad = ((exposure.mask & exposure.mask_planes.bitmask(*config.badMaskPlanes)) != 0) | \
         ~np.isfinite(img)
     size = min(config.backgroundMeshSize, *img.shape)
-    bkg = sep.Background(np.where(bad, 0, img).astype(np.float32), mask=bad, bw=size,
+    bkg = sep.Background(np.where(bad, np.float32(0), img), mask=bad, bw=size,
                          bh=size, fw=config.backgroundFilterSize,
                          fh=config.backgroundFilterSize)
-    return Exposure(image=img - bkg.back(), mask=exposure.mask,
+    out = img.copy()
+    bkg.subfrom(out)  # in place: no full-size background image and no temporary
+    return Exposure(image=out, mask=exposure.mask,
                     variance=exposure.variance, wcs=exposure.wcs,
                     photo_calib=exposure.photo_calib, info=exposure.info,
                     mask_planes=exposure.mask_planes, header=exposure.header)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def good_stats(img, var, msk, bad_bits, nsample):
     """Good pixels of a warp (no bad bit, finite image, positive variance): their number
-    and the variances of every ``max(1, n // nsample)``-th of them (for a median)."""
-    flat_m = msk.ravel()
-    flat_i = img.ravel()
-    flat_v = var.ravel()
-    n = 0
-    for i in range(flat_m.size):
-        if (flat_m[i] & bad_bits) == 0 and math.isfinite(flat_i[i]) and flat_v[i] > 0:
-            n += 1
+    and the variances of every ``max(1, n // nsample)``-th of them in row-major order
+    (for a median). Rows in parallel: counts first, then each row's share of the sample."""
+    ny, nx = msk.shape
+    counts = np.zeros(ny + 1, np.int64)
+    for y in prange(ny):
+        c = 0
+        for x in range(nx):
+            if (msk[y, x] & bad_bits) == 0 and math.isfinite(img[y, x]) and var[y, x] > 0:
+                c += 1
+        counts[y + 1] = c
+    for y in range(ny):
+        counts[y + 1] += counts[y]  # good pixels before row y+1
+    n = counts[ny]
     stride = max(1, n // nsample)
     out = np.empty((n + stride - 1) // stride, np.float32)
-    k = 0
-    j = 0
-    for i in range(flat_m.size):
-        if (flat_m[i] & bad_bits) == 0 and math.isfinite(flat_i[i]) and flat_v[i] > 0:
-            if k % stride == 0:
-                out[j] = flat_v[i]
-                j += 1
-            k += 1
-    return n, out[:j]
+    for y in prange(ny):
+        k = counts[y]
+        for x in range(nx):
+            if (msk[y, x] & bad_bits) == 0 and math.isfinite(img[y, x]) and var[y, x] > 0:
+                if k % stride == 0:
+                    out[k // stride] = var[y, x]
+                k += 1
+    return n, out
 
 
 class WarpStore:
     """Where the CCD warps of a patch wait for the stack: memory within a budget, then
     temporary ``.npy`` files (one concept: the in-memory/spill policy)."""
 
-    def __init__(self, budget_mb: float, tmpdir: Path):
+    def __init__(self, budget_mb: float, tmpdir: Path, background_writes: bool = False):
         self.budget = int(budget_mb * 2 ** 20)
         self.used = 0
         self.tmpdir = Path(tmpdir)
         self.spilled = 0
+        self._pool = None
+        self._pending = None
+        if background_writes:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spill")
+
+    def flush(self) -> None:
+        """Wait until every spilled warp is on disk (before reading them back)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self) -> None:
+        """Finish the writes and stop the writer thread."""
+        self.flush()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    @staticmethod
+    def _write(paths_and_data) -> None:
+        for path, data in paths_and_data:
+            np.save(path, data)
 
     def put(self, visit: int, ccd: int, image, variance, mask,
             mask_planes: MaskPlanes) -> tuple[dict | None, dict]:
@@ -144,13 +174,17 @@ class WarpStore:
         if self.used + nbytes <= self.budget:
             self.used += nbytes
             return planes, {}
-        files = {}
-        for plane, data in planes.items():
-            # ".tmp-" names: showLedger.py --clean-tmp removes what a killed run leaves
-            p = self.tmpdir / f".tmp-{visit}-{ccd}-{plane}.npy"
-            np.save(p, data)
-            files[plane] = p
+        # ".tmp-" names: showLedger.py --clean-tmp removes what a killed run leaves
+        files = {plane: self.tmpdir / f".tmp-{visit}-{ccd}-{plane}.npy" for plane in planes}
+        jobs = [(files[p], planes[p]) for p in planes]
         self.spilled += 1
+        if self._pool is None:
+            self._write(jobs)
+        else:
+            # written while the next CCD is warped; one write in flight at most, so
+            # memory grows by one warp at most
+            self.flush()
+            self._pending = self._pool.submit(self._write, jobs)
         return None, files
 
 
@@ -209,14 +243,20 @@ def fill_layer(warps: list[CcdWarp], y0: int, y1: int, nodata: int, img, var, ms
         img[:] = 0.0
         var[:] = 0.0
     msk[:] = nodata
+    first = True
     for w in warps:
         bx0, by0, bx1, by1 = w.bbox
         a, b = max(y0, by0), min(y1, by1)
         if a >= b:
             continue
-        paste_warp(img, var, msk, w.rows("image", a - by0, b - by0),
-                   w.rows("variance", a - by0, b - by0), w.rows("mask", a - by0, b - by0),
-                   a - y0, bx0, nodata)
+        src = [w.rows(p, a - by0, b - by0) for p in ("image", "variance", "mask")]
+        if first:
+            # the layer is all NO_DATA yet: every pixel is taken, a plain block copy
+            for dst, data in zip((img, var, msk), src):
+                dst[a - y0:b - y0, bx0:bx1] = data
+            first = False
+        else:
+            paste_warp(img, var, msk, *src, a - y0, bx0, nodata)
 
 
 def visit_layer(warps: list[CcdWarp], y0: int, y1: int, nx: int, nodata: int):
@@ -320,25 +360,11 @@ def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,
     config = config or CoaddDriverConfig()
     with tempfile.TemporaryDirectory(prefix=".tmp-coadd-", dir=workdir) as tmp:
         tmp = Path(tmp)
-        warps = []
-        mask_planes = MaskPlanes()
-        store = WarpStore(config.maxWarpMemoryMB, tmp)
-        if config.prefetchInputs:
-            exposures = prefetch(exposures)
-        for exp in exposures:
-            cw = warp_to_disk(exp, wcs, shape, config, tmp, store)
-            if cw is None:
-                log.info("visit=%s ccd=%s: no good pixels on this patch", exp.info.visit,
-                         exp.info.ccd)
-                continue
-            for name, bit in exp.mask_planes.planes.items():
-                if mask_planes.planes.get(name, bit) != bit:
-                    raise DataQualityError(
-                        f"visit={exp.info.visit} ccd={exp.info.ccd}: mask plane {name} is "
-                        f"bit {bit}, in the other inputs bit {mask_planes.planes[name]}; "
-                        "rewrite the CALEXP with the standard mask planes")
-                mask_planes.planes[name] = bit
-            warps.append(cw)
+        store = WarpStore(config.maxWarpMemoryMB, tmp, background_writes=True)
+        try:
+            warps, mask_planes = _warp_all(exposures, wcs, shape, config, tmp, store)
+        finally:
+            store.close()
         if not warps:
             return None
         log.debug("%d CCD warps: %.0f MB in memory, %d spilled to %s", len(warps),
@@ -346,6 +372,29 @@ def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,
         if on_visit_warp is not None:
             _emit_visit_warps(warps, shape, mask_planes, on_visit_warp)
         return assemble(warps, shape, config, mask_planes)
+
+
+def _warp_all(exposures, wcs, shape, config, tmp, store):
+    """Warp and store every exposure; ``(warps, mask planes)``."""
+    warps = []
+    mask_planes = MaskPlanes()
+    if config.prefetchInputs:
+        exposures = prefetch(exposures)
+    for exp in exposures:
+        cw = warp_to_disk(exp, wcs, shape, config, tmp, store)
+        if cw is None:
+            log.info("visit=%s ccd=%s: no good pixels on this patch", exp.info.visit,
+                     exp.info.ccd)
+            continue
+        for name, bit in exp.mask_planes.planes.items():
+            if mask_planes.planes.get(name, bit) != bit:
+                raise DataQualityError(
+                    f"visit={exp.info.visit} ccd={exp.info.ccd}: mask plane {name} is "
+                    f"bit {bit}, in the other inputs bit {mask_planes.planes[name]}; "
+                    "rewrite the CALEXP with the standard mask planes")
+            mask_planes.planes[name] = bit
+        warps.append(cw)
+    return warps, mask_planes
 
 
 def prefetch(items: Iterable):
