@@ -42,3 +42,18 @@ def run_cmd(script: str, *args, check=None, env=None):
 def run():
     """The :func:`run_cmd` helper."""
     return run_cmd
+
+
+def tan_header(ra=10.0, dec=20.0, crpix=(50, 50), cdelt_deg=5e-5, **cards):
+    """A FITS header with a plain TAN WCS (east left) plus ``cards``, for test images."""
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = list(crpix)
+    w.wcs.cdelt = [-cdelt_deg, cdelt_deg]
+    h = w.to_header()
+    for k, v in cards.items():
+        h[k] = v
+    return h

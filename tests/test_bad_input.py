@@ -5,11 +5,10 @@ import shutil
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from tractpatch.sim import make_demo_repo
 
-from tests.conftest import run_cmd
+from tests.conftest import run_cmd, tan_header
 
 
 def one_line(p, status=2):
@@ -32,15 +31,6 @@ def sim(tmp_path_factory):
     make_demo_repo(root, preset="tiny")
     run_cmd("detectSources.py", root, "--rerun", "r", "--id", "filter=HSC-R", check=0)
     return root
-
-
-def tan_header(ra=10.0, dec=20.0):
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [ra, dec]
-    w.wcs.crpix = [50, 50]
-    w.wcs.cdelt = [-5e-5, 5e-5]
-    return w.to_header()
 
 
 def test_zero_exposure_time(tmp_path):

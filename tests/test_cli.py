@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from tractpatch.repo import Repository, load_instrument
 from tractpatch.repo.ingest import ingest_files
+from tests.conftest import tan_header
 
 HERE = Path(__file__).parent
 
@@ -22,13 +22,7 @@ def echo(*args):
 @pytest.fixture(scope="module")
 def repo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [10.0, 20.0]
-    w.wcs.crpix = [50, 50]
-    w.wcs.cdelt = [-5e-5, 5e-5]
-    h = w.to_header()
-    h["EXPTIME"] = 30.0
+    h = tan_header(EXPTIME=30.0)
     (root / "in").mkdir()
     for visit in (10, 12, 14):
         for ccd in (0, 1):

@@ -12,6 +12,7 @@ from tractpatch.repo import Registry, Repository, load_instrument
 from tractpatch.repo.exposure_io import load_exposure
 from tractpatch.repo.ingest import ingest_files
 from tractpatch.repo.instrument import assigned_visit
+from tests.conftest import tan_header
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +130,7 @@ def test_unknown_instrument_and_bad_file(tmp_path):
 
 
 def test_ingest_100_files(tmp_path):
-    from astropy.wcs import WCS
-
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [10.0, 20.0]
-    w.wcs.crpix = [50, 50]
-    w.wcs.cdelt = [-5e-5, 5e-5]
-    h = w.to_header()
-    h["FILTER"], h["EXPTIME"] = "r", 30.0
+    h = tan_header(FILTER="r", EXPTIME=30.0)
     for i in range(100):
         h["EXPNUM"] = 1000 + i
         fits.PrimaryHDU(np.zeros((100, 100), np.float32), h).writeto(tmp_path / f"c{i}.fits")

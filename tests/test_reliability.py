@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from fits_task import expected_image
 from tractpatch.repo import Repository, load_instrument
 from tractpatch.repo.ingest import ingest_files
 from tractpatch.repo.registry import Registry, UpstreamNotDone, canonical_data_id
+from tests.conftest import tan_header
 
 HERE = Path(__file__).parent
 VISITS = (10, 11, 12, 13)
@@ -30,13 +30,7 @@ CCDS = (0, 1)
 def make_repo(root: Path, visits=VISITS, ccds=CCDS, registry_url=None) -> Path:
     """A repository with one 20x20 CCD per (visit, ccd), ingested with 'generic';
     the registry at ``registry_url`` (recorded in ROOT/repo.yaml) when given."""
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [10.0, 20.0]
-    w.wcs.crpix = [10, 10]
-    w.wcs.cdelt = [-5e-5, 5e-5]
-    h = w.to_header()
-    h["EXPTIME"] = 30.0
+    h = tan_header(crpix=(10, 10), EXPTIME=30.0)
     (root / "in").mkdir(parents=True)
     for visit in visits:
         for ccd in ccds:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from tractpatch.errors import UserError
@@ -20,6 +19,7 @@ from tractpatch.image.exposure import ExposureInfo
 from tractpatch.repo import load_instrument
 from tractpatch.repo.ingest import exposure_row
 from tractpatch.repo.instrument import Instrument
+from tests.conftest import tan_header
 
 # FITS string values: printable ASCII; FITS drops trailing blanks. astropy 8.0 misreads
 # a string holding a quote followed by a slash (``a'/b`` reads back as ``a'``), so the
@@ -137,14 +137,7 @@ def test_exposure_info_round_trip_through_cards(values, drop, extra):
 
 
 def _ccd_hdul(cards: dict) -> fits.HDUList:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [150.0, 2.0]
-    w.wcs.crpix = [5, 5]
-    w.wcs.cdelt = [-5e-5, 5e-5]
-    h = w.to_header()
-    for k, v in cards.items():
-        h[k] = v
+    h = tan_header(150.0, 2.0, crpix=(5, 5), **cards)
     h = fits.Header.fromstring(h.tostring())
     return fits.HDUList([fits.PrimaryHDU(np.zeros((10, 10), np.float32), h)])
 
