@@ -212,3 +212,40 @@ def test_order_lowered_when_data_are_few(caplog):
         assert supported_order(9, [400, 100], 3.0, "fittingOrder") == 6
     assert "fitting order 6 instead" in caplog.text
     assert re.search(r"order 9 needs 165", caplog.text)
+
+
+def test_outliers_rejected_robustly():
+    """3 % of the detections moved by 0.5 arcsec (100x the noise): the robust clipping
+    finds them and the WCS stays on the truth."""
+    from tractpatch.jointcal.config import MosaicConfig
+    from tractpatch.jointcal.mosaic_solver import fit_mosaic
+    from tractpatch.jointcal.synthetic import make_synthetic
+
+    det, images, ref, truth = make_synthetic(n_visits=4, ccd_grid=(3, 2), stars_per_ccd=250,
+                                             seed=11)
+    rng = np.random.default_rng(0)
+    bad = rng.choice(len(det), size=len(det) * 3 // 100, replace=False)
+    det.x[bad] += 2.5  # pixels of 0.2 arcsec
+    res = fit_mosaic(det, images, ref, MosaicConfig(fittingOrder=4, fluxFitOrder=2))
+    m = res.meas
+    # identify the moved detections among the measurements by their (visit, ccd, y)
+    vis = np.array([im.visit for im in res.images])[m.img]
+    ccd = np.array([im.ccd for im in res.images])[m.img]
+    ny = np.array([im.ny for im in res.images])[m.img]
+    y = m.v * ny / 2 + ny / 2 - 0.5
+    moved_keys = set(zip(det.visit[bad].tolist(), det.ccd[bad].tolist(),
+                         np.round(det.y[bad], 4).tolist()))
+    moved = np.array([k in moved_keys for k in zip(vis.tolist(), ccd.tolist(),
+                                                     np.round(y, 4).tolist())])
+    assert moved.sum() > 100
+    rejected = ~res.astro_active
+    assert rejected[moved].mean() > 0.95
+    assert rejected[~moved].mean() < 0.01
+    worst = 0.0
+    for g, im in enumerate(res.images):
+        gx, gy = np.meshgrid(np.linspace(0, im.nx - 1, 8), np.linspace(0, im.ny - 1, 8))
+        ra, dec = res.pixel_to_sky(g, gx.ravel(), gy.ravel())
+        tra, tdec = truth.pixel_to_sky(im.visit, im.ccd, gx.ravel(), gy.ravel())
+        d = np.hypot((ra - tra) * np.cos(np.radians(dec)), dec - tdec) * 3.6e6
+        worst = max(worst, np.sqrt(np.mean(d ** 2)))
+    assert worst < 3.0

@@ -23,6 +23,8 @@ from .tangent import deproject, mean_direction, project
 
 log = logging.getLogger("jointcal")
 DAYS_PER_YEAR = 365.25
+#: median of the chi-square distribution with 1 and 2 degrees of freedom
+_CHI2_MEDIAN = {1: 0.454936423119572, 2: 2 * np.log(2.0)}
 
 
 @dataclass
@@ -407,6 +409,25 @@ def _focal(amodel, theta, g, u, v, gi, gu, gv, gxi, geta):
     return xi - cx[vis], eta - cy[vis]
 
 
+def _worst_per_star(star, candidate, chi2):
+    """Of the ``candidate`` outliers, only the worst measurement of each star.
+
+    One gross outlier drags its star's fitted position (flux) and so inflates the
+    residuals of the star's good measurements; rejecting them all in one round would
+    throw those away too. As LSST's jointcal does, each round rejects at most one
+    measurement per star, and the refit decides about the others.
+    """
+    idx = np.nonzero(candidate)[0]
+    if len(idx) == 0:
+        return candidate
+    order = idx[np.lexsort((-chi2[idx], star[idx]))]
+    first = np.ones(len(order), bool)
+    first[1:] = star[order][1:] != star[order][:-1]
+    out = np.zeros_like(candidate)
+    out[order[first]] = True
+    return out
+
+
 def _staged_fit(problem, theta, stars, fixed, config, what, dof):
     """Model with stars fixed, stars with model fixed, then everything with rejection."""
     free = ~fixed
@@ -418,8 +439,12 @@ def _staged_fit(problem, theta, stars, fixed, config, what, dof):
     fit = gauss_newton(problem, theta, stars, free, True, **kw)
     for rnd in range(config.maxOutlierRounds):
         chi2 = problem.measurement_chi2(theta, stars)
-        s2 = max(1.0, fit.chi2 / max(fit.ndof, 1))
-        bad = problem.active & (chi2 > config.outlierRejectSigma ** 2 * s2)
+        # robust scale: the median chi2 over its expectation (chi2/ndof would be inflated
+        # by the very outliers being sought, hiding them)
+        s2 = max(1.0, float(np.median(chi2[problem.active])) / _CHI2_MEDIAN[dof])
+        bad = _worst_per_star(problem.meas.star,
+                              problem.active & (chi2 > config.outlierRejectSigma ** 2 * s2),
+                              chi2)
         if not bad.any():
             break
         problem.active &= ~bad
