@@ -1,4 +1,4 @@
-"""Joint astrometric and photometric calibration (jointcal.py).
+"""Joint astrometric and photometric calibration (jointcal.py and mosaic.py).
 
 Modules, in the order the fit uses them:
 
@@ -11,5 +11,11 @@ Modules, in the order the fit uses them:
 - :mod:`.fitter` — sparse Gauss-Newton with stars eliminated (Schur complement);
 - :mod:`.solver` — the whole fit on in-memory inputs (``fit_jointcal``);
 - :mod:`.outputs` — TAN-SIP headers and PhotoCalib Chebyshevs; :mod:`.metrics`;
-- :mod:`.task` — the CmdLineTask; :mod:`.synthetic` — test/benchmark data with truth.
+- :mod:`.task` — the CmdLineTasks' shared base (``JointFitTask``: reading with ``-j``,
+  outputs, ``--diagnostics``) and jointcal's; :mod:`.synthetic` — test data with truth;
+- mosaic.py, meas_mosaic's algorithm on the same pipeline: :mod:`.mosaic_models` (rigid
+  CCDs, per-visit Chebyshev series), :mod:`.mosaic_solver` (``fit_mosaic``),
+  :mod:`.mosaic_task`;
+- :mod:`.diagnostics_adapter` — a finished fit of either solver as the diagnostics
+  writer's ``FitDiagnostics``.
 """
