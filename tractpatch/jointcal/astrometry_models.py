@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .threads import blas_single_threaded
+
 
 def poly_terms(order: int) -> np.ndarray:
     """Exponents ``(i, j)`` of the monomials ``u^i v^j`` with ``i + j <= order``."""
@@ -73,6 +75,7 @@ class SimpleAstrometryModel:
         self.n_params = len(self.image_visit) * 2 * self.nt
         self.fixed = np.zeros(self.n_params, bool)
 
+    @blas_single_threaded  # small least-squares fits: BLAS threads only contend
     def initialize(self, img, u, v, xi, eta) -> np.ndarray:
         """Parameters reproducing tangent-plane positions ``(xi, eta)`` at grid points."""
         theta = np.zeros(self.n_params)
@@ -124,6 +127,7 @@ class ConstrainedAstrometryModel:
         self.scale = 1.0
 
     # --- layout and start ---------------------------------------------------------
+    @blas_single_threaded  # small least-squares fits: BLAS threads only contend
     def initialize(self, img, u, v, xi, eta) -> np.ndarray:
         """Layout from header positions, then per-visit polynomials reproducing them.
 

@@ -13,6 +13,8 @@ Cholesky factorisation of the model-parameter block whatever the number of stars
 ``H_tt`` is accumulated by a numba kernel from the per-row parameter lists, ``H_ts D^-1
 H_st`` by dense BLAS products over chunks of stars; above ``dense_limit`` free model
 parameters the same reduction is done in scipy.sparse and solved by sparse LU (``splu``).
+Small problems (up to ``SPARSE_FORMATION_ROWS`` rows) form the same block with the
+scipy.sparse products and factor it densely: no numba start-up for a sub-second fit.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
-from numba import njit
 
 from ..errors import DataQualityError
 from .threads import single_blas_thread
 
 log = logging.getLogger("jointcal")
+
+# Below this many residual rows the dense Schur complement is formed with scipy.sparse
+# products: numba's start (import and loading the cached kernels, ~1 s) would cost more
+# than the whole fit of a small problem.
+SPARSE_FORMATION_ROWS = 200_000
 
 
 @dataclass
@@ -64,33 +69,44 @@ class Rows:
                    np.concatenate([p.r for p in parts]))
 
 
-@njit(cache=True)
-def _accumulate_tt(idx, val, r, H, g):
-    n, m = idx.shape
-    for i in range(n):
-        for a in range(m):
-            ia = idx[i, a]
-            if ia < 0:
-                continue
-            va = val[i, a]
-            g[ia] += va * r[i]
-            for b in range(m):
-                ib = idx[i, b]
-                if ib >= 0:
-                    H[ia, ib] += va * val[i, b]
+_kernels = None
 
 
-@njit(cache=True)
-def _fill_ts(order, starts, idx, val, star_val, scale, local, k0, k1, M):
-    m = idx.shape[1]
-    for k in range(k0, k1):
-        for p in range(starts[k], starts[k + 1]):
-            i = order[p]
-            w = star_val[i] * scale[k]
-            for a in range(m):
-                ia = idx[i, a]
-                if ia >= 0:
-                    M[local[ia], k - k0] += val[i, a] * w
+def _numba_kernels():
+    """The numba kernels, compiled (or loaded from numba's cache) on first use only."""
+    global _kernels
+    if _kernels is None:
+        from numba import njit
+
+        @njit(cache=True)
+        def _accumulate_tt(idx, val, r, H, g):
+            n, m = idx.shape
+            for i in range(n):
+                for a in range(m):
+                    ia = idx[i, a]
+                    if ia < 0:
+                        continue
+                    va = val[i, a]
+                    g[ia] += va * r[i]
+                    for b in range(m):
+                        ib = idx[i, b]
+                        if ib >= 0:
+                            H[ia, ib] += va * val[i, b]
+
+        @njit(cache=True)
+        def _fill_ts(order, starts, idx, val, star_val, scale, local, k0, k1, M):
+            m = idx.shape[1]
+            for k in range(k0, k1):
+                for p in range(starts[k], starts[k + 1]):
+                    i = order[p]
+                    w = star_val[i] * scale[k]
+                    for a in range(m):
+                        ia = idx[i, a]
+                        if ia >= 0:
+                            M[local[ia], k - k0] += val[i, a] * w
+
+        _kernels = (_accumulate_tt, _fill_ts)
+    return _kernels
 
 
 class SingularSystemError(DataQualityError):
@@ -122,6 +138,11 @@ def solve_step(rows: Rows, free_map: np.ndarray, n_free: int, n_star: int,
         return np.zeros(0), -gs / d
     if n_free > dense_limit:
         return _solve_sparse(rows, idx, star, n_free, n_star)
+    if len(rows.r) <= SPARSE_FORMATION_ROWS:
+        H, g, Hts, dinv, gs = _sparse_schur(rows, idx, star, n_free, n_star)
+        dt = _cholesky_solve(H.toarray(), -g)
+        return dt, (-dinv * (gs + Hts.T @ dt) if n_star else np.zeros(0))
+    _accumulate_tt, _fill_ts = _numba_kernels()
     H = np.zeros((n_free, n_free))
     g = np.zeros(n_free)
     _accumulate_tt(idx, rows.val, rows.r, H, g)
@@ -184,20 +205,17 @@ def _cholesky_solve(H, b):
     return scipy.linalg.solve_triangular(L.T, y, lower=False, check_finite=False) * s
 
 
-def _solve_sparse(rows, idx, star, n_free, n_star):
-    """Sparse normal equations with the stars eliminated, solved by SuperLU.
-
-    The same Schur complement as the dense path, in scipy.sparse throughout:
-    ``S = H_tt - H_ts D^-1 H_st`` stays sparse (two visits couple only through stars
-    they share, CCDs only through their visits), so memory grows with the number of
-    non-zero blocks rather than with the square of the number of model parameters.
-    """
+def _sparse_schur(rows, idx, star, n_free, n_star):
+    """``(S, g, H_ts, D^-1, g_s)``: the Schur complement ``S = H_tt - H_ts D^-1 H_st``
+    (scipy.sparse, CSC) and its right-hand side ``g = g_t - H_ts D^-1 g_s``, formed by
+    sparse products of the Jacobian blocks; stars without rows get ``D^-1 = 0``."""
     n, m = idx.shape
     ok = idx >= 0
     ri = np.repeat(np.arange(n), m).reshape(n, m)[ok]
     Jt = sp.csr_matrix((rows.val[ok], (ri, idx[ok])), shape=(n, n_free))
     H = (Jt.T @ Jt).tocsc()
     g = Jt.T @ rows.r
+    Hts = dinv = gs = None
     has = star >= 0
     if n_star:
         Js = sp.csr_matrix((rows.star_val[has], (np.nonzero(has)[0], star[has])),
@@ -208,6 +226,20 @@ def _solve_sparse(rows, idx, star, n_free, n_star):
         Hts = (Jt.T @ Js).tocsr()
         H = (H - Hts @ sp.diags(dinv) @ Hts.T).tocsc()
         g = g - Hts @ (dinv * gs)
+    return H, g, Hts, dinv, gs
+
+
+def _solve_sparse(rows, idx, star, n_free, n_star):
+    """Sparse normal equations with the stars eliminated, solved by SuperLU.
+
+    The same Schur complement as the dense path, in scipy.sparse throughout:
+    ``S = H_tt - H_ts D^-1 H_st`` stays sparse (two visits couple only through stars
+    they share, CCDs only through their visits), so memory grows with the number of
+    non-zero blocks rather than with the square of the number of model parameters.
+    """
+    import scipy.sparse.linalg as spla
+
+    H, g, Hts, dinv, gs = _sparse_schur(rows, idx, star, n_free, n_star)
     diag = H.diagonal()
     if np.any(diag <= 0) or not np.all(np.isfinite(diag)):
         raise SingularSystemError("singular normal matrix: some parameters are not "

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import DataQualityError
 from .tangent import project
+from .threads import blas_single_threaded
 
 log = logging.getLogger("jointcal")
 
@@ -74,6 +75,7 @@ def _rotate(xi, eta, center, deg):
     return c * dx - s * dy + center[0], s * dx + c * dy + center[1]
 
 
+@blas_single_threaded  # small least-squares fits
 def find_visit_offset(visit: int, xi, eta, ref_xi, ref_eta, max_offset: float = 15.0,
                       max_rotation: float = 0.15, rotation_step: float = 0.02,
                       bin_size: float = 1.0, min_matches: int = 5) -> VisitOffset:
@@ -175,6 +177,7 @@ class ImageCorrection:
         return (xi + self.shift[0] + a * dx + b * dy, eta + self.shift[1] + c * dx + d * dy)
 
 
+@blas_single_threaded  # small least-squares fits
 def refine_image(xi, eta, ref_tree, ref_xi, ref_eta, radii=(3.0, 1.5, 0.75),
                  min_matches: int = 8) -> ImageCorrection | None:
     """Affine correction of one image by matching to references with shrinking radii.

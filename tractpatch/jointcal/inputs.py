@@ -102,13 +102,19 @@ class RefCatalog:
                    col("flux_err", np.nan), float(epoch_mjd))
 
 
+#: SRC columns the fit reads (docs/interfaces.md); ``flags`` and ``is_star`` optional
+SRC_COLUMNS = ("x", "y", "x_err", "y_err", "flux_psf", "flux_psf_err")
+#: binary-table column keywords: not part of the image WCS, and most of an SRC header
+_TABLE_KEYS = ("TTYPE", "TFORM", "TUNIT", "TNULL", "TDISP", "TSCAL", "TZERO", "TDIM")
+
+
 def select_sources(table, min_snr: float = 10.0, require_star: bool = True,
                    bad_flags: int = BAD_FLAGS) -> np.ndarray:
     """Boolean mask of well-measured point sources of an SRC table.
 
     Parameters
     ----------
-    table : astropy Table
+    table : astropy Table, FITS_rec or dict of arrays
         SRC catalog (columns of docs/interfaces.md).
     min_snr : float
         Minimum PSF-flux signal-to-noise.
@@ -117,6 +123,7 @@ def select_sources(table, min_snr: float = 10.0, require_star: bool = True,
     bad_flags : int
         ``flags`` bits that reject a source.
     """
+    names = _colnames(table)
     flux = np.asarray(table["flux_psf"], float)
     err = np.asarray(table["flux_psf_err"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -125,15 +132,26 @@ def select_sources(table, min_snr: float = 10.0, require_star: bool = True,
     for c in ("x", "y", "x_err", "y_err"):
         ok &= np.isfinite(np.asarray(table[c], float))
     ok &= (np.asarray(table["x_err"], float) > 0) & (np.asarray(table["y_err"], float) > 0)
-    if "flags" in table.colnames:
+    if "flags" in names:
         ok &= (np.asarray(table["flags"]).astype(np.int64) & bad_flags) == 0
-    if require_star and "is_star" in table.colnames:
+    if require_star and "is_star" in names:
         ok &= np.asarray(table["is_star"], bool)
     return ok
 
 
+def _colnames(table):
+    if hasattr(table, "colnames"):
+        return table.colnames
+    if hasattr(table, "names"):  # FITS_rec / structured array
+        return table.names if table.names is not None else table.dtype.names
+    return list(table)
+
+
 def read_src(path, min_snr: float = 10.0, require_star: bool = True):
     """Read one SRC catalog: its selected detections and its :class:`CcdImage`.
+
+    Only the columns the fit uses are converted (an SRC table has ~30), and the WCS is
+    parsed from the header without its table-column keywords.
 
     Raises
     ------
@@ -141,34 +159,91 @@ def read_src(path, min_snr: float = 10.0, require_star: bool = True):
         The file lacks the columns or header keywords of docs/interfaces.md.
     """
     from astropy.io import fits
-    from astropy.table import Table
 
     from ..image.wcs_io import read_wcs
 
     try:
         with fits.open(path) as hdul:
             hdu = hdul["SOURCES"] if "SOURCES" in hdul else hdul[1]
-            header = hdu.header.copy()
-            table = Table(hdu.data)
-    except (OSError, KeyError, IndexError) as exc:
+            header = hdu.header
+            missing = [k for k in ("VISIT", "CCD", "NX", "NY") if k not in header]
+            cols = _read_columns(path, hdul, hdul.index_of(hdu), SRC_COLUMNS + (
+                "flags", "is_star"))
+            missing = [c for c in SRC_COLUMNS if c not in cols] + missing
+            if missing:
+                raise UserError(f"{path}: SRC catalog lacks {', '.join(missing)}; "
+                                "rerun detectSources.py for this CCD")
+            wcs_header = fits.Header([c for c in header.cards
+                                      if not c.keyword.startswith(_TABLE_KEYS)])
+    except (OSError, KeyError, IndexError, TypeError) as exc:
         raise UserError(f"{path}: not a readable SRC catalog ({exc}); "
                         "rerun detectSources.py for this CCD") from None
-    missing = [c for c in ("x", "y", "x_err", "y_err", "flux_psf", "flux_psf_err")
-               if c not in table.colnames]
-    missing += [k for k in ("VISIT", "CCD", "NX", "NY") if k not in header]
-    if missing:
-        raise UserError(f"{path}: SRC catalog lacks {', '.join(missing)}; "
-                        "rerun detectSources.py for this CCD")
-    wcs = read_wcs(header, source=str(path))
-    mjd = float(header.get("MJD-OBS", np.nan))
-    image = CcdImage(int(header["VISIT"]), int(header["CCD"]), wcs, int(header["NX"]),
-                     int(header["NY"]), mjd, str(header.get("FILTER", "")))
-    ok = select_sources(table, min_snr, require_star)
-    t = table[ok]
-    n = len(t)
-    det = Detections(np.full(n, image.visit), np.full(n, image.ccd), t["x"], t["y"],
-                     t["x_err"], t["y_err"], t["flux_psf"], t["flux_psf_err"])
+    wcs = read_wcs(wcs_header, source=str(path))
+    mjd = float(wcs_header.get("MJD-OBS", np.nan))
+    image = CcdImage(int(wcs_header["VISIT"]), int(wcs_header["CCD"]), wcs,
+                     int(wcs_header["NX"]), int(wcs_header["NY"]), mjd,
+                     str(wcs_header.get("FILTER", "")))
+    ok = select_sources(cols, min_snr, require_star)
+    n = int(ok.sum())
+    det = Detections(np.full(n, image.visit), np.full(n, image.ccd),
+                     *(cols[c][ok] for c in SRC_COLUMNS))
     return det, image
+
+
+#: binary-table TFORM codes read directly (big-endian, FITS standard section 7.3)
+_TFORM_DTYPE = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
+                "D": ">f8", "C": ">c8", "M": ">c16", "A": "S"}
+
+
+def _read_columns(path, hdul, index, wanted) -> dict:
+    """Columns ``wanted`` (those present) of binary table HDU ``index`` as numpy arrays.
+
+    Building astropy's column objects for all ~30 SRC columns costs more than reading
+    the whole table: the row layout comes from the TFORMn keywords and the rows are
+    read with one ``np.fromfile``. Tables this does not cover (scaled or variable-length
+    columns, heap, unknown codes) go through astropy.
+    """
+    import re
+
+    h = hdul[index].header
+    nrow, width = int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0))
+    fmt, names, ok = [], [], h.get("XTENSION") == "BINTABLE" and not h.get("PCOUNT", 0)
+    for k in range(1, int(h.get("TFIELDS", 0)) + 1):
+        m = re.fullmatch(r"\s*(\d*)([A-Z])\S*\s*", str(h.get(f"TFORM{k}", "")))
+        name = str(h.get(f"TTYPE{k}", f"col{k}"))
+        if (m is None or m.group(2) not in _TFORM_DTYPE or f"TSCAL{k}" in h
+                or f"TZERO{k}" in h or name in names):
+            ok = False
+            break
+        r = int(m.group(1) or 1)
+        code = _TFORM_DTYPE[m.group(2)]
+        fmt.append((name, f"S{r}") if code == "S" else (name, code, (r,)) if r != 1
+                   else (name, code))
+        names.append(name)
+    if ok:
+        dtype = np.dtype(fmt)
+        ok = dtype.itemsize == width
+    if not ok:
+        data = hdul[index].data
+        have = set(data.names) if data is not None else set()
+        return {c: np.array(data[c]) for c in wanted if c in have}
+    with open(path, "rb") as f:
+        f.seek(hdul.fileinfo(index)["datLoc"])
+        rows = np.fromfile(f, dtype=dtype, count=nrow)
+    if len(rows) < nrow:
+        raise OSError(f"truncated table ({len(rows)} of {nrow} rows)")
+    out = {}
+    for c in wanted:
+        if c in names:
+            a = rows[c]
+            # FITS logical: 'T' true, 'F' false, 0 undefined
+            if dtype[c].base == np.dtype("i1"):
+                out[c] = a == ord("T")
+            elif a.dtype.kind == "S":  # as astropy: str, trailing blanks removed
+                out[c] = np.char.rstrip(a).astype(str)
+            else:
+                out[c] = a.astype(a.dtype.newbyteorder("="))
+    return out
 
 
 def _read_one(args):

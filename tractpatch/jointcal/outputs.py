@@ -20,30 +20,62 @@ from numpy.polynomial import chebyshev as C
 from ..image.photocalib import PhotoCalib
 from .astrometry_models import monomials, poly_terms
 from .tangent import project
-from .threads import single_blas_thread
+from .threads import blas_single_threaded, single_blas_thread
 
 
-def _sip_header(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny):
-    h = fits.Header()
-    h["NAXIS"] = 0
-    h["WCSAXES"] = 2
-    h["CTYPE1"], h["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
-    h["CRPIX1"], h["CRPIX2"] = crpix[0] + 1.0, crpix[1] + 1.0
-    h["CRVAL1"], h["CRVAL2"] = float(ra0), float(dec0)
-    h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
-    for i in range(2):
-        for j in range(2):
-            h[f"CD{i + 1}_{j + 1}"] = float(cd[i, j])
-    h["RADESYS"], h["EQUINOX"] = "ICRS", 2000.0
+def _real(v: float) -> str:
+    """A FITS fixed-format real (at most 20 characters, 14+ significant digits)."""
+    if not np.isfinite(v):
+        raise ValueError(f"non-finite WCS coefficient {v}")
+    text = repr(v).upper()
+    if "." not in text and "E" not in text:
+        text += ".0"
+    p = 16
+    while len(text) > 20:
+        text, p = f"{v:.{p}E}", p - 1
+    return text
+
+
+def _card(key: str, value, comment: str = "") -> str:
+    """One 80-character card: building astropy Cards one by one (each verified and
+    re-serialised) cost more than fitting the WCS; strings astropy then parses lazily."""
+    if isinstance(value, str):
+        if len(value) > 60 or len(key) > 8:
+            return fits.Card(key, value, comment).image
+        text = ("'" + value.replace("'", "''").ljust(8) + "'").ljust(20)
+    elif isinstance(value, (bool, np.bool_)):
+        text = ("T" if value else "F").rjust(20)
+    elif isinstance(value, (int, np.integer)):
+        text = str(int(value)).rjust(20)
+    else:
+        text = _real(float(value)).rjust(20)
+    card = f"{key:<8}= {text}"
+    if comment:
+        card += f" / {comment}"
+    return card[:80].ljust(80)
+
+
+def _sip_cards(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny) -> list:
+    cards = [_card("NAXIS", 0), _card("WCSAXES", 2),
+             _card("CTYPE1", "RA---TAN-SIP"), _card("CTYPE2", "DEC--TAN-SIP"),
+             _card("CRPIX1", crpix[0] + 1.0), _card("CRPIX2", crpix[1] + 1.0),
+             _card("CRVAL1", float(ra0)), _card("CRVAL2", float(dec0)),
+             _card("CUNIT1", "deg"), _card("CUNIT2", "deg")]
+    cards += [_card(f"CD{i + 1}_{j + 1}", float(cd[i, j])) for i in range(2) for j in range(2)]
+    cards += [_card("RADESYS", "ICRS"), _card("EQUINOX", 2000.0)]
     for name, coef, n in (("A", a, order), ("B", b, order), ("AP", ap, inv_order),
                           ("BP", bp, inv_order)):
-        h[f"{name}_ORDER"] = n
+        cards.append(_card(f"{name}_ORDER", n))
         for (p, q), c in zip(poly_terms(n), coef):
             if (name in ("A", "B") and p + q < 2) or c == 0:
                 continue
-            h[f"{name}_{p}_{q}"] = float(c)
-    h["IMAGEW"], h["IMAGEH"] = nx, ny
-    return h
+            cards.append(_card(f"{name}_{p}_{q}", float(c)))
+    cards += [_card("IMAGEW", int(nx)), _card("IMAGEH", int(ny))]
+    return cards
+
+
+def _header(cards) -> fits.Header:
+    return fits.Header.fromstring("".join(cards))
 
 
 @lru_cache(maxsize=8)
@@ -91,7 +123,8 @@ def fit_tan_sip(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0,
         mapping on the check grid.
     """
     with single_blas_thread():  # 625 x 54 products: threads only contend
-        return _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
+        cards, dev = _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
+    return _header(cards), dev
 
 
 def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
@@ -117,20 +150,20 @@ def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
         if dev < tolerance_mas:
             break
     order, _, sol = best
-    h = _sip_from_solution(sol, order, fit_xy, gx - cx, gy - cy, s, ra0, dec0, (cx, cy),
-                           nx, ny)
+    cards = _sip_from_solution(sol, order, fit_xy, gx - cx, gy - cy, s, ra0, dec0,
+                               (cx, cy), nx, ny)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        w = WCS(h)
+        w = WCS(_header(cards))  # the written text, parsed back: what readers will get
     cra, cdec = ra[1 + len(gx):], dec[1 + len(gx):]
     wra, wdec = w.all_pix2world(cgx, cgy, 0)
     dra = (wra - cra + 180.0) % 360.0 - 180.0
     dev = np.hypot(dra * np.cos(np.radians(cdec)), wdec - cdec).max() * 3.6e6
-    return h, float(dev)
+    return cards, float(dev)
 
 
 def _sip_from_solution(sol, order, xy, du, dv, s, ra0, dec0, crpix, nx, ny):
-    """The TAN-SIP header of a forward fit ``sol`` (scaled monomials of order 1..order,
+    """The TAN-SIP header cards of a forward fit ``sol`` (scaled monomials of order 1..order,
     columns xi, eta in degrees), with the inverse AP/BP fitted on the same grid."""
     terms = poly_terms(order)[1:]
     cxi, ceta = (sol / s ** terms.sum(axis=1)[:, None]).T
@@ -148,7 +181,7 @@ def _sip_from_solution(sol, order, xy, du, dv, s, ra0, dec0, crpix, nx, ny):
     ti = poly_terms(inv_order)
     isol = np.linalg.lstsq(Bi, np.column_stack([du - U, dv - V]), rcond=None)[0]
     ap, bp = (isol / s ** ti.sum(axis=1)[:, None]).T
-    return _sip_header(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny)
+    return _sip_cards(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny)
 
 
 def write_wcs(path, pixel_to_sky, nx, ny, extra_header=None, tolerance_mas=1.0,
@@ -156,18 +189,23 @@ def write_wcs(path, pixel_to_sky, nx, ny, extra_header=None, tolerance_mas=1.0,
     """Write the fitted WCS of one CCD as a primary header; returns the deviation (mas)."""
     from ..atomic import write_fits_atomic
 
-    header, dev = fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
-    hdu = fits.PrimaryHDU()
-    hdu.header.update(header)
+    with single_blas_thread():
+        cards, dev = _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
     # a data-less primary HDU may not carry NAXIS1/2 (FITS verification fails):
     # the CCD size is in IMAGEW/IMAGEH (astrometry.net's convention)
-    hdu.header["JCWCSRES"] = (dev, "max deviation of this WCS from the fit (mas)")
+    cards = [_card("SIMPLE", True, "conforms to FITS standard"),
+             _card("BITPIX", 8, "array data type")] + cards
+    cards.append(_card("JCWCSRES", dev, "max deviation of this WCS from the fit (mas)"))
+    header = _header(cards)
     if extra_header:
-        hdu.header.update(extra_header)
+        header.update(extra_header)
+    hdu = fits.PrimaryHDU(header=header)
+    hdu.header.set("EXTEND", True, after="NAXIS")  # as a default PrimaryHDU has
     write_fits_atomic(path, fits.HDUList([hdu]))
     return dev
 
 
+@blas_single_threaded  # one tiny least-squares fit
 def photocalib_from_model(calibration, nx: int, ny: int, order: int,
                           error: float = 0.0) -> PhotoCalib:
     """The exact Chebyshev form over the CCD of a polynomial calibration of ``order``.

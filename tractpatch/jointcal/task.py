@@ -16,9 +16,10 @@ from ..errors import UserError
 from .config import JointcalConfig
 from .inputs import Detections, RefCatalog, read_src_many
 from .metrics import compute_metrics
-from .outputs import photocalib_from_model, write_wcs
-from .solver import fit_jointcal
 from .tangent import mean_direction
+
+# the solver and the writers (scipy, astropy.io.fits, astropy.wcs) are imported where
+# they are used: ``jointcal.py --help`` and the runner's start need none of them
 
 
 class JointFitTask(CmdLineTask):
@@ -128,6 +129,7 @@ class JointFitTask(CmdLineTask):
                 self.repo.root, pname, ra0, dec0, radius, epoch_mjd=epoch,
                 filter_name=data_id["filter"], instrument=instrument), epoch))
         res = self.fit(Detections.concatenate(dets), images, refcat)
+        from .outputs import photocalib_from_model, write_wcs
         res.dropped.update(unread)
         tract = data_id["tract"]
         prov = self.provenance()
@@ -193,6 +195,8 @@ class JointcalTask(JointFitTask):
     ConfigClass = JointcalConfig
 
     def fit(self, det, images, refcat):
+        from .solver import fit_jointcal
+
         return fit_jointcal(det, images, refcat, self.config)
 
 

@@ -33,3 +33,15 @@ def single_blas_thread(active: bool = True):
 
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
+
+
+def blas_single_threaded(func):
+    """Decorator: run ``func`` inside :func:`single_blas_thread`."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with single_blas_thread():
+            return func(*args, **kwargs)
+
+    return wrapper
