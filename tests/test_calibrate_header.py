@@ -140,9 +140,9 @@ def test_decam_survey_ccds_zero_points(decam, run):
 
 def test_missing_keyword_and_bad_table(decam, run, tmp_path):
     root, _ = decam
-    # DECam CP headers have no MAGZP: every CCD skipped with the reason, exit 0
+    # DECam CP headers have no MAGZP: every CCD skipped with the reason; nothing made, exit 2
     p = run("calibrateExposure.py", root, "--rerun", "kw", "--id", "visit=349590^425858",
-            "--config", "calibSource=header", "--no-progress", check=0)
+            "--config", "calibSource=header", "--no-progress", check=2)
     skipped = [ln for ln in p.stderr.splitlines() if "skipped" in ln]
     assert len(skipped) == 2 and all("zeroPointKeyword" in ln for ln in skipped)
     # a table path that does not exist: one line, exit 2, before any work

@@ -71,7 +71,14 @@ def test_dead_dask_worker_is_a_fault_and_the_run_completes(cluster, tmp_path):
                   cluster.scheduler_address, "--no-progress", "--config", "size=8",
                   "dieAlwaysVisit=11")
     assert p.returncode == 1, p.stderr
-    assert "3 units: 2 done, 1 fault" in p.stderr and "Traceback" not in p.stderr
+    # a unit dask rescheduled after the worker died may find itself already done
+    # ("skipped"): either way two units are done and one is a fault
+    assert "Traceback" not in p.stderr
+    summary = p.stderr.strip().splitlines()[-1]
+    assert "3 units:" in summary and "1 fault" in summary
+    n_ok = sum(int(w) for w, kind in zip(summary.split()[::1], summary.split()[1:])
+               if kind.rstrip(",") in ("done", "skipped") and w.isdigit())
+    assert n_ok == 2, summary
     ledger = ledger_by_visit_ccd(root, "dd")
     assert ledger[(11, 0)]["state"] == "pending" and ledger[(11, 0)]["faults"] == 1
     assert "KilledWorker" in ledger[(11, 0)]["message"]
