@@ -22,7 +22,7 @@ makeDiscreteSkyMap.py "$ROOT" --rerun $RERUN --id filter=HSC-R^HSC-I
 
 for f in HSC-R HSC-I; do
   step "jointcal $f: joint astrometric + photometric fit against ref_cats/sim, diagnostics"
-  jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0
+  jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0 --diagnostics
 done
 
 step "calibrateExposure / calibrateCatalog: apply the fits to every CCD and catalog"
