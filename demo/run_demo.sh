@@ -25,9 +25,12 @@ for f in HSC-R HSC-I; do
   jointcal.py "$ROOT" --rerun $RERUN --id filter=$f tract=0 --diagnostics
 done
 
-step "calibrateExposure / calibrateCatalog: apply the fits to every CCD and catalog"
-calibrateExposure.py "$ROOT" --rerun $RERUN --id tract=0 -j $J
-calibrateCatalog.py "$ROOT" --rerun $RERUN --id tract=0 -j $J
+step "mosaic HSC-R: the meas_mosaic-style solver, for comparison (results kept beside jointcal's)"
+mosaic.py "$ROOT" --rerun $RERUN --id filter=HSC-R tract=0 --diagnostics
+
+step "calibrateExposure / calibrateCatalog: apply the jointcal fits to every CCD and catalog"
+calibrateExposure.py "$ROOT" --rerun $RERUN --id tract=0 -j $J --config calibSource=jointcal
+calibrateCatalog.py "$ROOT" --rerun $RERUN --id tract=0 -j $J --config calibSource=jointcal
 
 for f in HSC-R HSC-I; do
   step "coaddDriver $f: warp and stack onto the patches of tract 0"
@@ -45,4 +48,5 @@ echo "Demo finished in $(( $(date +%s) - start )) s."
 echo "  report:      $ROOT/rerun/$RERUN/report/index.html   (open this first)"
 echo "  coadds:      $ROOT/rerun/$RERUN/deepCoadd/"
 echo "  jointcal:    $ROOT/rerun/$RERUN/jointcal-results/0/ (diagnostics-<filter>/index.html)"
+echo "  mosaic:      $ROOT/rerun/$RERUN/mosaic-results/0/"
 echo "  calibrated:  $ROOT/rerun/$RERUN/<pointing>/<filter>/corr/0/CALEXP-*.fits"
