@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def _section_fits(repo, solver: str) -> str:
         out.append(f"<h3>tract {html.escape(f['tract'])}, filter {html.escape(f['filter'])}</h3>")
         if scalars:
             out.append(_table(["metric", "value"], scalars))
+        if f["index"] is not None:
+            rel = os.path.relpath(f["index"], repo.path("report").parent)
+            out.append(f'<p><a href="{html.escape(rel)}">all diagnostics of this fit</a> '
+                       "(every visit, data files)</p>")
         if f["pictures"]:
             figs = "".join(f"<figure>{_img(p, p.stem)}<figcaption>{html.escape(p.name)}"
                            "</figcaption></figure>" for p in f["pictures"])

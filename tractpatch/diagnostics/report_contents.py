@@ -48,11 +48,12 @@ def stage_summaries(repo) -> list[StageSummary]:
     return list(out.values())
 
 
-def fit_results(repo, solver: str = "jointcal") -> list[dict]:
+def fit_results(repo, solver: str = "jointcal", max_visits: int = 2) -> list[dict]:
     """Metrics and diagnostic pictures of every jointcal (or mosaic) fit in the rerun.
 
-    Returns dicts with ``tract``, ``filter``, ``metrics`` (the YAML mapping) and
-    ``pictures`` (sorted PNG paths of the diagnostics folder).
+    Returns dicts with ``tract``, ``filter``, ``metrics`` (the YAML mapping),
+    ``pictures`` (the global PNGs and those of ``max_visits`` visits) and ``index`` (the
+    diagnostics folder's index.html, or None).
     """
     base = repo.rerun_dir / f"{solver}-results"
     out = []
@@ -60,10 +61,22 @@ def fit_results(repo, solver: str = "jointcal") -> list[dict]:
         tract = mfile.parent.name
         filt = mfile.stem.split("-", 1)[1]
         diag = mfile.parent / f"diagnostics-{filt}"
-        pics = sorted(diag.glob("*.png")) if diag.is_dir() else []
+        pics = _pictures(diag, max_visits) if diag.is_dir() else []
+        index = diag / "index.html"
         out.append(dict(tract=tract, filter=filt,
-                        metrics=yaml.safe_load(mfile.read_text()) or {}, pictures=pics))
+                        metrics=yaml.safe_load(mfile.read_text()) or {}, pictures=pics,
+                        index=index if index.exists() else None))
     return out
+
+
+def _pictures(diag: Path, max_visits: int) -> list[Path]:
+    """The global diagnostics PNGs, then the per-visit ones (``*_<visit>.png``) of the
+    first ``max_visits`` visits; the folder's own index.html shows them all."""
+    pngs = sorted(diag.glob("*.png"))
+    per_visit = [p for p in pngs if "_" in p.stem and p.stem.rsplit("_", 1)[1].isdigit()]
+    visits = sorted({p.stem.rsplit("_", 1)[1] for p in per_visit}, key=int)[:max_visits]
+    shown = [p for p in per_visit if p.stem.rsplit("_", 1)[1] in visits]
+    return [p for p in pngs if p not in per_visit] + shown
 
 
 def tract_maps(repo) -> list[Path]:
