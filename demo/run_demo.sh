@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, run by `make demo`: the whole pipeline on the embedded simulated survey
-# (`mini` preset), then the real 2MASS M17 tiles as an already-calibrated mosaic.
+# (`mini` preset, scored against its truth), then the real 2MASS M17 tiles from
+# ../shared/data as an already-calibrated mosaic.
 # Usage: demo/run_demo.sh ROOT
 set -euo pipefail
 ROOT=${1:-demo-repo}
@@ -43,6 +44,22 @@ makeColorImage.py "$ROOT" --rerun $RERUN --tract 0 --filters HSC-I HSC-R --bin 2
 step "makeReport: the HTML report (with accuracy against the simulator's truth)"
 makeReport.py "$ROOT" --rerun $RERUN
 
+# --- real data: eight 2MASS Ks Atlas tiles of M17, already calibrated (MAGZP) ---------
+DATA=${TRACTPATCH_SHARED:-$HERE/../shared/data}
+if [ -d "$DATA/2mass-m17-ks" ]; then
+  M17="$ROOT/m17"
+  step "real data: ingest the eight 2MASS Ks tiles of M17 (no visit numbers: assigned from the file names)"
+  ingestImages.py "$M17" "$DATA/2mass-m17-ks" --mode link --no-progress
+  makeDiscreteSkyMap.py "$M17" --rerun m17 --id filter=k \
+    --config skyMap.pixelScale=1.0 "skyMap.patchInnerDimensions=[1000,1000]"
+  step "real data: calibrate from the headers (MAGZP) and coadd without sky subtraction (nebula kept)"
+  calibrateExposure.py "$M17" --rerun m17 --config calibSource=header -j $J
+  coaddDriver.py "$M17" --rerun m17 --id tract=0 filter=k -j $J --config doSubtractBackground=False
+  cutout.py "$M17" --rerun m17 --ra 275.19 --dec -16.17 --size 1500 --filter k --png \
+    --out "$M17/rerun/m17/deepCoadd/cutout-M17-k.fits"
+  makeReport.py "$M17" --rerun m17
+fi
+
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s."
 echo "  report:      $ROOT/rerun/$RERUN/report/index.html   (open this first)"
@@ -50,3 +67,5 @@ echo "  coadds:      $ROOT/rerun/$RERUN/deepCoadd/"
 echo "  jointcal:    $ROOT/rerun/$RERUN/jointcal-results/0/ (diagnostics-<filter>/index.html)"
 echo "  mosaic:      $ROOT/rerun/$RERUN/mosaic-results/0/"
 echo "  calibrated:  $ROOT/rerun/$RERUN/<pointing>/<filter>/corr/0/CALEXP-*.fits"
+[ -d "$ROOT/m17" ] && echo "  real data:   $ROOT/m17/rerun/m17/report/index.html and deepCoadd/cutout-M17-k.png (2MASS Ks mosaic of M17)"
+exit 0
