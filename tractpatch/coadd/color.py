@@ -70,6 +70,20 @@ def bin_image(img: np.ndarray, n: int) -> np.ndarray:
     return a.reshape(ny // n, n, nx // n, n).sum(axis=(1, 3))
 
 
+def crop_to_data(bands: list[np.ndarray], margin: int = 8) -> list[np.ndarray]:
+    """Crop aligned images to the bounding box of the pixels any of them covers
+    (a tract is usually larger than the area its exposures cover)."""
+    covered = np.zeros(bands[0].shape, bool)
+    for b in bands:
+        covered |= np.isfinite(b) & (b != 0)
+    if not covered.any():
+        return bands
+    ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    y0, y1 = max(ys[0] - margin, 0), min(ys[-1] + 1 + margin, covered.shape[0])
+    x0, x1 = max(xs[0] - margin, 0), min(xs[-1] + 1 + margin, covered.shape[1])
+    return [b[y0:y1, x0:x1] for b in bands]
+
+
 def color_image(r, g, b, q: float = 8.0, stretch: float | None = None) -> np.ndarray:
     """``uint8`` RGB array of three aligned images (Lupton asinh).
 
@@ -126,6 +140,8 @@ def _body(argv) -> int:
     bands = [bin_image(band_image(repo, tract, f, patch), args.bin) for f in args.filters]
     if len(bands) == 2:  # two-band colour image: green is the mean of red and blue
         bands = [bands[0], 0.5 * (bands[0] + bands[1]), bands[1]]
+    if patch is None:
+        bands = crop_to_data(bands)
     rgb = color_image(*bands, q=args.Q, stretch=args.stretch)
     name = f"color-{args.tract}{'-' + patch.name if patch else ''}.png"
     out = args.out or repo.rerun_dir / "deepCoadd" / name
