@@ -39,8 +39,21 @@ class CoaddDriverConfig(TaskConfig):
     maskPropagationThresholds: dict[str, float] = Field(
         {"SAT": 0.1}, description="plane: minimum fraction of the covering weight flagged "
         "for the plane to be set in the coadd")
-    doSubtractBackground: bool = Field(True, description="subtract each CALEXP's sky "
-                                       "background (sep, as SExtractor/SWarp) before warping")
+    doSubtractBackground: bool = Field(True, description="compatibility switch, used "
+                                       "only when backgroundMethod is not set: True = "
+                                       "'subtract', False = 'none'")
+    backgroundMethod: Literal["subtract", "match", "none"] | None = Field(
+        None, description="sky handling before warping: 'subtract' each CALEXP's sky (sep "
+        "mesh, as SExtractor/SWarp; removes extended emission larger than the mesh), "
+        "'match' overlapping CALEXPs with one constant offset each (Montage mBgModel; "
+        "keeps the mean sky and extended emission, removes the steps), 'none'; unset "
+        "(null): derived from doSubtractBackground; when set it wins over it")
+    backgroundMatchBin: int = Field(8, ge=1, description="match: binning (pixels) of the "
+                                    "tract grid on which overlaps are compared")
+    backgroundMatchSigma: float = Field(3.0, gt=0, description="match: sigma clipping of "
+                                        "each overlap's median difference")
+    backgroundMatchMinPixels: int = Field(10, ge=1, description="match: minimum binned "
+                                          "pixels for an overlap to count")
     backgroundMeshSize: int = Field(128, ge=8, description="background mesh size (pixels)")
     backgroundFilterSize: int = Field(3, ge=1, description="median filter of the background "
                                       "meshes")
@@ -55,3 +68,11 @@ class CoaddDriverConfig(TaskConfig):
     doWriteWarps: bool = Field(False, description="also write the per-visit warps "
                                "(deepCoadd_warp)")
     calexpDataset: str = Field("calexp", description="dataset of the calibrated inputs")
+
+    @property
+    def background_method(self) -> str:
+        """The effective sky handling: ``backgroundMethod`` or, when unset, the one
+        ``doSubtractBackground`` means (True -> 'subtract', False -> 'none')."""
+        if self.backgroundMethod is not None:
+            return self.backgroundMethod
+        return "subtract" if self.doSubtractBackground else "none"

@@ -54,6 +54,7 @@ class CoaddDriverTask(CmdLineTask):
         self.options["select_specs"] = list(select or [])
         rows_all = self.repo.registry.exposures(select or None)
         units: dict[tuple, dict] = {}
+        matched: set = set()
         for spec in ids:
             missing = [k for k in ("tract", "filter") if k not in spec.terms]
             if missing:
@@ -63,11 +64,65 @@ class CoaddDriverTask(CmdLineTask):
                 tract = _tract(skymap, tract_id)
                 for filt in spec.terms["filter"]:
                     rows = [r for r in rows_all if r["filter"] == filt]
+                    if (self.config.background_method == "match" and rows
+                            and not self.options.get("show")
+                            and (tract_id, filt) not in matched):
+                        matched.add((tract_id, filt))
+                        self._match_backgrounds(tract, filt, rows)
                     for name in self._patch_names(tract, spec, rows):
                         units.setdefault((tract_id, filt, name),
                                          {"tract": int(tract_id), "filter": filt,
                                           "patch": name})
         return list(units.values())
+
+    # --- background matching (once per tract and filter, in the parent) ------------
+    def _offsets_path(self, tract_id, filt) -> Path:
+        return self.repo.rerun_dir / "deepCoadd" / str(filt) / str(int(tract_id)) / \
+            "backgroundOffsets.yaml"
+
+    def _match_backgrounds(self, tract, filt, rows) -> None:
+        """Measure the constant offsets of every CALEXP of ``filt`` overlapping ``tract``
+        and write them to ``deepCoadd/<filter>/<tract>/backgroundOffsets.yaml``."""
+        import yaml
+
+        from ..atomic import write_text_atomic
+        from ..skymap.selection import ccd_polygon
+        from .background_match import match_backgrounds
+
+        rows = [r for r in rows if tract.patches_overlapping(*ccd_polygon(r))]
+        skipped: list[str] = []
+        exps = list(self._read_calexps(rows, tract.tract_id, skipped))
+        bits = exps[0].mask_planes.bitmask(*self.config.badMaskPlanes) if exps else 0
+        b = tract.bbox
+        res = match_backgrounds(exps, tract.wcs, (b.x0, b.y0, b.x1, b.y1),
+                                bin_size=self.config.backgroundMatchBin, bad_bits=bits,
+                                sigma=self.config.backgroundMatchSigma,
+                                min_pixels=self.config.backgroundMatchMinPixels)
+        doc = {"tract": int(tract.tract_id), "filter": filt, "units": "nJy per pixel",
+               "meaning": "subtracted from each CALEXP before warping; mean 0 per "
+                          "connected group of overlapping CCDs",
+               "binSize": self.config.backgroundMatchBin, "nPairs": len(res.pairs),
+               "rmsResidual": res.rms_residual,
+               "offsets": [{"visit": k[0], "ccd": k[1], "offset": v}
+                           for k, v in sorted(res.offsets.items())]}
+        path = self._offsets_path(tract.tract_id, filt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+        self.log.info("tract=%s filter=%s: background offsets of %d CCDs from %d "
+                      "overlaps (rms residual %.4g) -> %s", tract.tract_id, filt,
+                      len(res.offsets), len(res.pairs), res.rms_residual, path)
+
+    def _load_offsets(self, tract_id, filt) -> dict:
+        import yaml
+
+        path = self._offsets_path(tract_id, filt)
+        if not path.exists():
+            raise UserError(f"{path}: no background offsets for tract={tract_id} "
+                            f"filter={filt}; rerun coaddDriver.py with "
+                            "--config backgroundMethod=match (the parent computes them)")
+        doc = yaml.safe_load(path.read_text())
+        return {(int(o["visit"]), int(o["ccd"])): float(o["offset"])
+                for o in doc["offsets"]}
 
     @staticmethod
     def _patch_names(tract, spec, rows) -> list[str]:
@@ -104,6 +159,13 @@ class CoaddDriverTask(CmdLineTask):
                 if patch.index in {p.index for p in tract.patches_overlapping(*ccd_polygon(r))}]
         skipped: list[str] = []
         exposures = self._read_calexps(rows, data_id["tract"], skipped)
+        method = self.config.background_method
+        if method == "match":
+            exposures = _apply_offsets(exposures,
+                                       self._load_offsets(data_id["tract"], filt))
+        # assemble subtracts the sky when doSubtractBackground: only for 'subtract'
+        config = self.config.model_copy(
+            update={"doSubtractBackground": method == "subtract"})
         warp_dir = None
         writer = None
         if self.config.doWriteWarps:
@@ -111,7 +173,7 @@ class CoaddDriverTask(CmdLineTask):
         if self.repo.rerun is not None:
             warp_dir = self.repo.rerun_dir
             warp_dir.mkdir(parents=True, exist_ok=True)
-        res = coadd_patch(exposures, patch.outer_wcs, patch.outer_shape, self.config,
+        res = coadd_patch(exposures, patch.outer_wcs, patch.outer_shape, config,
                           workdir=warp_dir, on_visit_warp=writer)
         ident = f"tract={data_id['tract']} filter={filt} patch={data_id['patch']}"
         if res is None:
@@ -190,6 +252,7 @@ class CoaddDriverTask(CmdLineTask):
             "NVISITS": (len({r["visit"] for r in res.inputs}), "input visits"),
             "NSKIPPED": (len(skipped), "selected CCDs without a usable CALEXP"),
             "STATISTC": (self.config.statistic, "stacking statistic"),
+            "BKGMETH": (self.config.background_method, "sky: subtract, match or none"),
             "WARPMETH": self.config.warpingMethod,
             "WARPKERN": self.config.warpingKernel,
             "INTERPL": (self.config.interpLength, "coarse-grid spacing asked"),
@@ -206,6 +269,17 @@ def _tract(skymap, tract_id):
     except (KeyError, IndexError) as exc:
         raise UserError(f"--id tract={tract_id}: not in the skymap ({exc}); see "
                         "findTractPatch.py or remake the skymap") from None
+
+
+def _apply_offsets(exposures, offsets: dict):
+    """Subtract each CALEXP's matched background offset (a CCD that had no entry
+    when the offsets were measured is left as it is)."""
+    for exp in exposures:
+        off = offsets.get((int(exp.info.visit), int(exp.info.ccd)), 0.0)
+        if off:
+            # the image array was just read for us: the file is untouched
+            exp.image -= np.float32(off)
+        yield exp
 
 
 def limit_threads(processes: int) -> int:
