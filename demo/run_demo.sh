@@ -52,9 +52,9 @@ if [ -d "$DATA/2mass-m17-ks" ]; then
   ingestImages.py "$M17" "$DATA/2mass-m17-ks" --mode link --no-progress
   makeDiscreteSkyMap.py "$M17" --rerun m17 --id filter=k \
     --config skyMap.pixelScale=1.0 "skyMap.patchInnerDimensions=[1000,1000]"
-  step "real data: calibrate from the headers (MAGZP) and coadd without sky subtraction (nebula kept)"
+  step "real data: calibrate from the headers (MAGZP), match the tiles' sky levels (Montage-style) and coadd"
   calibrateExposure.py "$M17" --rerun m17 --config calibSource=header -j $J
-  coaddDriver.py "$M17" --rerun m17 --id tract=0 filter=k -j $J --config doSubtractBackground=False
+  coaddDriver.py "$M17" --rerun m17 --id tract=0 filter=k -j $J --config backgroundMethod=match
   cutout.py "$M17" --rerun m17 --ra 275.19 --dec -16.17 --size 1500 --filter k --png \
     --out "$M17/rerun/m17/deepCoadd/cutout-M17-k.fits"
   makeReport.py "$M17" --rerun m17

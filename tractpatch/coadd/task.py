@@ -77,8 +77,8 @@ class CoaddDriverTask(CmdLineTask):
 
     # --- background matching (once per tract and filter, in the parent) ------------
     def _offsets_path(self, tract_id, filt) -> Path:
-        return self.repo.rerun_dir / "deepCoadd" / str(filt) / str(int(tract_id)) / \
-            "backgroundOffsets.yaml"
+        return self.repo.path("deepCoadd_backgroundOffsets", filter=filt,
+                              tract=int(tract_id))
 
     def _match_backgrounds(self, tract, filt, rows) -> None:
         """Measure the constant offsets of every CALEXP of ``filt`` overlapping ``tract``

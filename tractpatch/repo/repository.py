@@ -31,6 +31,7 @@ TEMPLATES: dict[str, str] = {
     "deepCoadd": "deepCoadd/{filter}/{tract}/{patch}.fits",
     "deepCoadd_warp": "deepCoadd/{filter}/{tract}/{patch}/warp-{visit:07d}.fits",
     "deepCoadd_skyMap": "deepCoadd/skyMap.yaml",
+    "deepCoadd_backgroundOffsets": "deepCoadd/{filter}/{tract}/backgroundOffsets.yaml",
     "deepCoadd_skyMapPlot": "deepCoadd/skyMap-tract{tract}.png",
     "config": "config/{task}.yaml",
     "report": "report/index.html",
