@@ -46,7 +46,10 @@ makeReport.py "$ROOT" --rerun $RERUN
 
 # --- real data: eight 2MASS Ks Atlas tiles of M17, already calibrated (MAGZP) ---------
 DATA=${TRACTPATCH_SHARED:-$HERE/../shared/data}
-if [ -d "$DATA/2mass-m17-ks" ]; then
+[ -d "$DATA/2mass-m17-ks" ] || DATA=/work/shared/data
+if [ ! -d "$DATA/2mass-m17-ks" ]; then
+  echo; echo "(real-data part skipped: set TRACTPATCH_SHARED to the shared/data folder)"
+else
   M17="$ROOT/m17"
   step "real data: ingest the eight 2MASS Ks tiles of M17 (no visit numbers: assigned from the file names)"
   ingestImages.py "$M17" "$DATA/2mass-m17-ks" --mode link --no-progress
