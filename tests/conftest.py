@@ -57,3 +57,17 @@ def tan_header(ra=10.0, dec=20.0, crpix=(50, 50), cdelt_deg=5e-5, **cards):
     for k, v in cards.items():
         h[k] = v
     return h
+
+
+def make_catalog_survey(root, visits: int):
+    """A catalog-only simulated survey for the solvers' tests: 6 HSC-size CCDs x
+    ``visits`` visits in HSC-I with HSC-like distortion (10" at 0.75 deg)."""
+    from tractpatch.sim.config import preset_config
+    from tractpatch.sim.survey import make_demo_repo
+
+    cfg = preset_config("tiny", overrides=[
+        "catalog_n_ccds=6", f"catalog_visits_per_field={visits}", "filters=[HSC-I]",
+        "star_density=20000", "galaxy_density=20000", "distortion_arcsec=10.0",
+        "distortion_radius_deg=0.75"])
+    make_demo_repo(root, preset="tiny", config=cfg, catalog_only=True)
+    return root

@@ -23,17 +23,9 @@ GLOBAL_FILES = {"DFlux2D.png", "ResFlux.png", "MdM.png", "PosDPos.png",
 
 @pytest.fixture(scope="module")
 def sim_repo(tmp_path_factory):
-    from tractpatch.sim.config import preset_config
-    from tractpatch.sim.survey import make_demo_repo
+    from tests.conftest import make_catalog_survey
 
-    root = tmp_path_factory.mktemp("mosaic") / "repo"
-    # 6 HSC-size CCDs x 3 visits in one filter; HSC-like distortion (10" at 0.75 deg)
-    cfg = preset_config("tiny", overrides=[
-        "catalog_n_ccds=6", "catalog_visits_per_field=3", "filters=[HSC-I]",
-        "star_density=20000", "galaxy_density=20000", "distortion_arcsec=10.0",
-        "distortion_radius_deg=0.75"])
-    make_demo_repo(root, preset="tiny", config=cfg, catalog_only=True)
-    return root
+    return make_catalog_survey(tmp_path_factory.mktemp("mosaic") / "repo", visits=3)
 
 
 @pytest.fixture(scope="module")
