@@ -4,8 +4,16 @@ Astrometry: for each kept measurement, model(x, y) - (star + pm * dt) in xi and 
 divided by the measurement error; for each reference-matched star, star - reference.
 Photometry: measured counts - star flux / calib(x, y) over the count error; star flux -
 reference flux over its error.
-Star parameters: astrometry ``[xi_0..xi_K-1, eta_0..eta_K-1]`` (arcsec), photometry
-``F_0..F_K-1`` (nJy).
+Star parameters: astrometry ``[xi_0..xi_K-1, eta_0..eta_K-1]`` (arcsec) at the reference
+epoch, with proper motions ``[.., mu_xi_0..mu_xi_K-1, mu_eta_0..mu_eta_K-1]`` (arcsec/yr)
+appended when they are fitted; photometry ``F_0..F_K-1`` (nJy).
+
+Proper motions (as LSST jointcal's FittedStar and SCAMP's proper-motion solution): only
+the stars in ``pm_fit`` get motion parameters (the caller picks stars seen at enough
+epochs over a long enough time, so each star's 4 x 4 block stays well conditioned); a
+reference-matched one is tied to its catalog motion by a prior of ``pm_sigma``. The
+others keep the catalog motion (reference stars) or none: their motion entries are
+constants that no row depends on, so the fitter leaves them unchanged.
 """
 from __future__ import annotations
 
@@ -34,9 +42,8 @@ class AstrometryProblem:
     """Residual rows of the astrometric fit (see the module docstring)."""
 
     def __init__(self, model, meas: Measurements, n_stars: int, ref_index, ref_xi, ref_eta,
-                 ref_sigma, pm_xi, pm_eta):
+                 ref_sigma, pm_xi, pm_eta, pm_fit=None, pm_sigma: float = 1e-3):
         self.model, self.meas, self.n_stars = model, meas, n_stars
-        self.n_star = 2 * n_stars
         self.active = np.ones(len(meas.img), bool)
         self.ref_star = np.nonzero(ref_index >= 0)[0]
         r = ref_index[self.ref_star]
@@ -45,6 +52,30 @@ class AstrometryProblem:
         self.pm_eta = np.zeros(n_stars)
         self.pm_xi[self.ref_star] = pm_xi[r]
         self.pm_eta[self.ref_star] = pm_eta[r]
+        self.pm_fit = None
+        if pm_fit is not None and np.any(pm_fit):
+            self.pm_fit = np.asarray(pm_fit, bool)
+        if self.pm_fit is None:
+            self.n_star, self.n_blocks = 2 * n_stars, None
+        else:
+            # block k = (xi_k, eta_k, mu_xi_k, mu_eta_k): parameter p is in block p % K
+            self.n_star, self.n_blocks = 4 * n_stars, n_stars
+            self.pm_prior = self.ref_star[self.pm_fit[self.ref_star]]
+            self.pm_sigma = float(pm_sigma)
+
+    def initial_stars(self, star_xi, star_eta):
+        """Star parameter vector from start positions (catalog or no motion)."""
+        parts = [star_xi, star_eta]
+        if self.pm_fit is not None:
+            parts += [self.pm_xi, self.pm_eta]
+        return np.concatenate(parts).astype(float)
+
+    def star_motion(self, stars):
+        """(mu_xi, mu_eta) of every star, arcsec/yr: fitted, from the catalog, or 0."""
+        if self.pm_fit is None:
+            return self.pm_xi, self.pm_eta
+        K = self.n_stars
+        return stars[2 * K:3 * K], stars[3 * K:]
 
     def residuals(self, theta, stars, active_only=True):
         """Per-measurement (xi, eta) model minus star, arcsec, and the model derivatives."""
@@ -53,40 +84,65 @@ class AstrometryProblem:
         xi, eta, ix, dx, ie, de = self.model.derivatives(theta, m.img[sel], m.u[sel],
                                                          m.v[sel])
         k = m.star[sel]
-        rx = xi - stars[k] - self.pm_xi[k] * m.dt[sel]
-        ry = eta - stars[self.n_stars + k] - self.pm_eta[k] * m.dt[sel]
+        pmx, pmy = self.star_motion(stars)
+        rx = xi - stars[k] - pmx[k] * m.dt[sel]
+        ry = eta - stars[self.n_stars + k] - pmy[k] * m.dt[sel]
         return sel, rx, ry, (ix, dx, ie, de)
 
     def rows(self, theta, stars) -> Rows:
         sel, rx, ry, (ix, dx, ie, de) = self.residuals(theta, stars)
         w = 1.0 / self.meas.sigma[sel]
         k = self.meas.star[sel]
-        meas_x = Rows(ix, dx * w[:, None], k, -w, rx * w)
-        meas_y = Rows(ie, de * w[:, None], self.n_stars + k, -w, ry * w)
+        K = self.n_stars
+        if self.pm_fit is None:
+            meas_x = Rows(ix, dx * w[:, None], k, -w, rx * w)
+            meas_y = Rows(ie, de * w[:, None], K + k, -w, ry * w)
+        else:
+            # each coordinate row depends on the star's position and its motion along
+            # that axis (only where the motion is a parameter of that star)
+            fit = self.pm_fit[k]
+            wdt = -w * self.meas.dt[sel]
+            meas_x = Rows(ix, dx * w[:, None], np.column_stack([k, np.where(fit, 2 * K + k, -1)]),
+                          np.column_stack([-w, np.where(fit, wdt, 0.0)]), rx * w)
+            meas_y = Rows(ie, de * w[:, None], np.column_stack([K + k, np.where(fit, 3 * K + k, -1)]),
+                          np.column_stack([-w, np.where(fit, wdt, 0.0)]), ry * w)
         s = self.ref_star
         wr = 1.0 / self.ref_sigma
         none = np.full((len(s), 1), -1)
         zero = np.zeros((len(s), 1))
         ref_x = Rows(none, zero, s, wr, (stars[s] - self.ref_xi) * wr)
-        ref_y = Rows(none, zero, self.n_stars + s, wr,
-                     (stars[self.n_stars + s] - self.ref_eta) * wr)
-        return Rows.concatenate([meas_x, meas_y, ref_x, ref_y])
+        ref_y = Rows(none, zero, K + s, wr, (stars[K + s] - self.ref_eta) * wr)
+        parts = [meas_x, meas_y, ref_x, ref_y]
+        if self.pm_fit is not None and len(self.pm_prior):
+            p = self.pm_prior
+            wp = np.full(len(p), 1.0 / self.pm_sigma)
+            none = np.full((len(p), 1), -1)
+            zero = np.zeros((len(p), 1))
+            parts += [Rows(none, zero, 2 * K + p, wp, (stars[2 * K + p] - self.pm_xi[p]) * wp),
+                      Rows(none, zero, 3 * K + p, wp, (stars[3 * K + p] - self.pm_eta[p]) * wp)]
+        return Rows.concatenate(parts)
 
     def measurement_chi2(self, theta, stars):
         """chi^2 (2 dof) of every measurement, rejected ones included."""
         m = self.meas
         xi, eta = self.model.evaluate(theta, m.img, m.u, m.v)
         k = m.star
-        rx = xi - stars[k] - self.pm_xi[k] * m.dt
-        ry = eta - stars[self.n_stars + k] - self.pm_eta[k] * m.dt
+        pmx, pmy = self.star_motion(stars)
+        rx = xi - stars[k] - pmx[k] * m.dt
+        ry = eta - stars[self.n_stars + k] - pmy[k] * m.dt
         return (rx ** 2 + ry ** 2) / m.sigma ** 2
 
     def chi2(self, theta, stars) -> float:
-        """Total chi^2 of the active measurements and the reference terms."""
+        """Total chi^2 of the active measurements, the reference positions and, for
+        fitted motions of reference stars, the catalog motions."""
         c = self.measurement_chi2(theta, stars)[self.active].sum()
         s = self.ref_star
         c += (((stars[s] - self.ref_xi) / self.ref_sigma) ** 2).sum()
         c += (((stars[self.n_stars + s] - self.ref_eta) / self.ref_sigma) ** 2).sum()
+        if self.pm_fit is not None and len(self.pm_prior):
+            p, K = self.pm_prior, self.n_stars
+            c += (((stars[2 * K + p] - self.pm_xi[p]) / self.pm_sigma) ** 2).sum()
+            c += (((stars[3 * K + p] - self.pm_eta[p]) / self.pm_sigma) ** 2).sum()
         return float(c)
 
 

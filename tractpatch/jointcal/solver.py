@@ -52,6 +52,10 @@ class JointcalResult:
     counts: dict
     dropped: dict = field(default_factory=dict)
     focal: object = None  # (g, u, v) -> focal-plane (fx, fy) arcsec
+    #: (2K,) proper motions of the fitted stars ``[mu_xi.., mu_eta..]`` (arcsec/yr,
+    #: tangent plane): fitted where ``pm_fitted``, else the catalog's or 0
+    stars_pm: np.ndarray | None = None
+    pm_fitted: np.ndarray | None = None
 
     def image_index(self, visit: int, ccd: int) -> int:
         for g, im in enumerate(self.images):
@@ -185,12 +189,19 @@ def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> Joint
     meas, n_stars, ref_index, refcat = prep.meas, prep.n_stars, prep.ref_index, prep.refcat
     rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
     rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
+    pm_fit = proper_motion_stars(meas, n_stars, config.properMotionMinSpan,
+                                 config.properMotionMinEpochs)
     aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, prep.ref_xi, prep.ref_eta,
-                              rsig, prep.pm_xi, prep.pm_eta)
-    stars = np.concatenate([prep.star_xi, prep.star_eta])
+                              rsig, prep.pm_xi, prep.pm_eta, pm_fit,
+                              config.properMotionRefError / 1000.0)
+    if pm_fit.any():
+        log.info("astrometry: fitting the proper motions of %d of %d stars (visits span "
+                 "%.2f yr)", int(pm_fit.sum()), n_stars, np.ptp(meas.dt))
     m = ref_index >= 0
-    stars[:n_stars][m] = prep.ref_xi[ref_index[m]]
-    stars[n_stars:][m] = prep.ref_eta[ref_index[m]]
+    sx, sy = prep.star_xi.copy(), prep.star_eta.copy()
+    sx[m] = prep.ref_xi[ref_index[m]]
+    sy[m] = prep.ref_eta[ref_index[m]]
+    stars = aprob.initial_stars(sx, sy)
     afit = None
     if config.doAstrometry:
         afit = _staged_fit(aprob, theta, stars, amodel.fixed, config, "astrometry", 2)
@@ -218,10 +229,42 @@ def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> Joint
         pprob.set_sigma(ptheta)
         pfit = _staged_fit(pprob, ptheta, fluxes, pmodel.fixed, config, "photometry", 1)
         pactive = pprob.active
+    counts = dict(prep.counts, pm_fittedStars=int(pm_fit.sum()))
     return JointcalResult(prep.images, prep.tangent, amodel, theta, pmodel, ptheta, meas,
-                          stars, fluxes, aprob.active, pactive, ref_index, refcat,
-                          prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets, prep.counts,
-                          prep.dropped, focal)
+                          stars[:2 * n_stars], fluxes, aprob.active, pactive, ref_index,
+                          refcat, prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets,
+                          counts, prep.dropped, focal,
+                          np.concatenate(aprob.star_motion(stars)), pm_fit)
+
+
+def proper_motion_stars(meas: Measurements, n_stars: int, min_span: float,
+                        min_epochs: int) -> np.ndarray:
+    """Stars whose proper motions can be fitted: measured on ``min_epochs`` distinct
+    nights spanning at least ``min_span`` years; none when all the visits span
+    ``min_span`` or less.
+
+    Parameters
+    ----------
+    meas : Measurements
+        ``star`` and ``dt`` (years from the reference epoch) of every measurement.
+
+    Returns
+    -------
+    ndarray of bool, (n_stars,)
+    """
+    out = np.zeros(n_stars, bool)
+    if len(meas.dt) == 0 or np.ptp(meas.dt) <= min_span:
+        return out
+    night = np.floor(meas.dt * DAYS_PER_YEAR + 0.5).astype(np.int64)
+    night -= night.min()
+    pairs = np.unique(meas.star.astype(np.int64) * (night.max() + 1) + night)
+    n_nights = np.bincount(pairs // (night.max() + 1), minlength=n_stars)
+    lo = np.full(n_stars, np.inf)
+    hi = np.full(n_stars, -np.inf)
+    np.minimum.at(lo, meas.star, meas.dt)
+    np.maximum.at(hi, meas.star, meas.dt)
+    out[:] = (n_nights >= min_epochs) & (hi - lo >= min_span)
+    return out
 
 
 def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,

@@ -32,6 +32,12 @@ class SyntheticTruth:
     gain: dict         # ccd -> factor
     fp_scale: float
     rotator: dict      # visit -> camera rotation on the sky (rad)
+    #: true stars: (ra, dec) deg at the reference epoch, proper motions mas/yr (pm_ra
+    #: includes cos dec), all of them, in or out of the reference catalog
+    star_ra: np.ndarray | None = None
+    star_dec: np.ndarray | None = None
+    star_pmra: np.ndarray | None = None
+    star_pmdec: np.ndarray | None = None
 
     def focal(self, ccd, x, y):
         x0, y0, rot = self.ccd_layout[ccd]
@@ -127,6 +133,7 @@ def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.
     flux_njy = 3631e9 * 10 ** (-0.4 * mag)
     pmra = rng.normal(0, pm_sigma, n_stars)
     pmdec = rng.normal(0, pm_sigma, n_stars)
+    truth.star_ra, truth.star_dec, truth.star_pmra, truth.star_pmdec = sra, sdec, pmra, pmdec
     parts, images = [], []
     for v in range(n_visits):
         mjd = mjd0 + visit_spacing_days * v
