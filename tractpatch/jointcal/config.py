@@ -44,9 +44,28 @@ class JointFitConfig(TaskConfig):
                                         "that ends a fit")
     denseLimit: int = Field(8000, ge=1, description="above this many free model "
                             "parameters the full sparse system is solved with splu")
+    choleskyBackend: Literal["auto", "cholmod", "scipy"] = Field(
+        "auto", description="sparse factorisation of the normal equations: cholmod "
+        "(CHOLMOD via scikit-sparse), scipy (SuperLU), auto (cholmod where installed); "
+        "dense systems (up to denseLimit parameters) use LAPACK unless cholmod is named")
+    wcsFormat: Literal["tan-sip", "tpv"] = Field(
+        "tan-sip", description="form of the written WCS: tan-sip (SIP polynomials A/B "
+        "with inverse AP/BP) or tpv (PVi_j polynomial of order 3..7 on the intermediate "
+        "coordinates, as SCAMP writes)")
     wcsTolerance: float = Field(1.0, gt=0, description="max deviation (mas) of the "
-                                "written TAN-SIP WCS from the fitted mapping")
+                                "written WCS from the fitted mapping")
     sipOrderMax: int = Field(9, ge=2, le=9, description="highest SIP order tried")
+    properMotionMinSpan: float = Field(0.5, ge=0, description="fit proper motions of "
+                                       "fitted stars when the visits span more than this "
+                                       "(years), for each star measured on at least "
+                                       "properMotionMinEpochs nights spanning at least "
+                                       "this; other stars keep the reference proper "
+                                       "motion, or none")
+    properMotionMinEpochs: int = Field(3, ge=2, description="distinct nights a star needs "
+                                       "for its proper motion to be fitted")
+    properMotionRefError: float = Field(1.0, gt=0, description="error (mas/yr) of the "
+                                        "reference proper motions: the prior of the "
+                                        "fitted motions of reference stars")
 
 
 class JointcalConfig(JointFitConfig):

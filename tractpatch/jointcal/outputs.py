@@ -1,4 +1,4 @@
-"""Fitted models as standard files: TAN-SIP WCS headers and PhotoCalib Chebyshevs.
+"""Fitted models as standard files: TAN-SIP or TPV WCS headers and PhotoCalib Chebyshevs.
 
 The WCS of a CCD is fitted to the model on a pixel grid: CRPIX at the CCD centre, CRVAL
 the model's sky position there, CD and SIP ``A/B`` from a linear least-squares fit of
@@ -7,6 +7,14 @@ The SIP order is raised until the SIP polynomial (evaluated with numpy; all orde
 from one QR factorisation per CCD size) reproduces the model within ``tolerance_mas``
 everywhere on a finer check grid; the written WCS is then verified once through
 astropy.wcs and that maximum deviation is recorded in ``JCWCSRES`` (mas).
+
+TPV (config ``wcsFormat=tpv``, SCAMP's form): the same tangent-plane offsets as a
+polynomial of order 3..7 (the lowest within the tolerance) in the intermediate
+coordinates ``(x, y) = CD (p - CRPIX)`` (degrees): ``xi = sum PV1_k x^i y^j``, ``eta =
+sum PV2_k y^i x^j`` with the TPV term numbering (k = 0, 1, 2, [3 = r], 4..6, 7..10,
+[11 = r^3], ...; the radial terms are not used). A polynomial of order n in pixels is one
+of order n in ``(x, y)`` (a linear change of variables), so the order search is the
+SIP one; wcslib (astropy.wcs) evaluates it and inverts it iteratively.
 """
 from __future__ import annotations
 
@@ -17,42 +25,17 @@ import numpy as np
 from astropy.io import fits
 from numpy.polynomial import chebyshev as C
 
+from ..image.fits_bytes import card, hdu_bytes, real
 from ..image.photocalib import PhotoCalib
 from .astrometry_models import monomials, poly_terms
 from .tangent import project
 from .threads import blas_single_threaded, single_blas_thread
 
 
-def _real(v: float) -> str:
-    """A FITS fixed-format real (at most 20 characters, 14+ significant digits)."""
-    if not np.isfinite(v):
-        raise ValueError(f"non-finite WCS coefficient {v}")
-    text = repr(v).upper()
-    if "." not in text and "E" not in text:
-        text += ".0"
-    p = 16
-    while len(text) > 20:
-        text, p = f"{v:.{p}E}", p - 1
-    return text
-
-
-def _card(key: str, value, comment: str = "") -> str:
-    """One 80-character card: building astropy Cards one by one (each verified and
-    re-serialised) cost more than fitting the WCS; strings astropy then parses lazily."""
-    if isinstance(value, str):
-        if len(value) > 60 or len(key) > 8:
-            return fits.Card(key, value, comment).image
-        text = ("'" + value.replace("'", "''").ljust(8) + "'").ljust(20)
-    elif isinstance(value, (bool, np.bool_)):
-        text = ("T" if value else "F").rjust(20)
-    elif isinstance(value, (int, np.integer)):
-        text = str(int(value)).rjust(20)
-    else:
-        text = _real(float(value)).rjust(20)
-    card = f"{key:<8}= {text}"
-    if comment:
-        card += f" / {comment}"
-    return card[:80].ljust(80)
+# one card writer for every output (astropy's Card, verified and re-serialised card by
+# card, cost more than fitting the WCS)
+_real = real
+_card = card
 
 
 def _sip_cards(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny) -> list:
@@ -105,6 +88,12 @@ def _sip_grids(nx: int, ny: int, max_order: int):
     return out
 
 
+#: WCS forms written (config ``wcsFormat``)
+WCS_FORMATS = ("tan-sip", "tpv")
+#: TPV polynomial orders searched (SCAMP writes 3..7; wcslib's TPV stops at 7)
+TPV_ORDERS = (3, 7)
+
+
 def fit_tan_sip(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0,
                 max_order: int = 9):
     """A TAN-SIP FITS header reproducing ``pixel_to_sky`` (0-based pixels) over the CCD.
@@ -123,13 +112,38 @@ def fit_tan_sip(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0,
         mapping on the check grid.
     """
     with single_blas_thread():  # 625 x 54 products: threads only contend
-        cards, dev = _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
+        cards, dev = _fit_wcs(pixel_to_sky, nx, ny, tolerance_mas, max_order, "tan-sip")
+    return _header(cards), dev
+
+
+def fit_tpv(pixel_to_sky, nx: int, ny: int, tolerance_mas: float = 1.0):
+    """A TPV FITS header (``RA---TPV``, ``CD``, ``PV1_k``/``PV2_k``) reproducing
+    ``pixel_to_sky`` over the CCD: the lowest polynomial order 3..7 within
+    ``tolerance_mas`` (else 7), verified through astropy.wcs as :func:`fit_tan_sip`.
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+    max_dev_mas : float
+    """
+    with single_blas_thread():
+        cards, dev = _fit_wcs(pixel_to_sky, nx, ny, tolerance_mas, TPV_ORDERS[1], "tpv")
     return _header(cards), dev
 
 
 def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
+    return _fit_wcs(pixel_to_sky, nx, ny, tolerance_mas, max_order, "tan-sip")
+
+
+def _fit_wcs(pixel_to_sky, nx, ny, tolerance_mas, max_order, wcs_format):
+    """Cards of the WCS of ``wcs_format`` and its deviation (mas) as astropy reads it."""
     from astropy.wcs import WCS
 
+    if wcs_format not in WCS_FORMATS:
+        raise ValueError(f"wcsFormat {wcs_format!r}: choose one of {WCS_FORMATS}")
+    tpv = wcs_format == "tpv"
+    if tpv:
+        max_order = TPV_ORDERS[1]
     cx, cy = nx / 2 - 0.5, ny / 2 - 0.5
     s = max(nx, ny) / 2.0
     gx, gy, cgx, cgy, q, r, bc = _sip_grids(int(nx), int(ny), int(max_order))
@@ -140,7 +154,7 @@ def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
     fit_xy, check_xy = xy[:len(gx)], xy[len(gx):]
     qty = q.T @ fit_xy
     best = None
-    for order in range(2, max_order + 1):
+    for order in range(TPV_ORDERS[0] if tpv else 2, max_order + 1):
         n = len(poly_terms(order)) - 1  # no constant: CRVAL is exact
         sol = np.linalg.solve(r[:n, :n], qty[:n])  # = lstsq of the first n columns
         # the check grid's tangent-plane offsets are (sky - model) to 1e-4 relative
@@ -150,8 +164,12 @@ def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
         if dev < tolerance_mas:
             break
     order, _, sol = best
-    cards = _sip_from_solution(sol, order, fit_xy, gx - cx, gy - cy, s, ra0, dec0,
-                               (cx, cy), nx, ny)
+    if tpv:
+        cards = _tpv_from_solution(sol, order, fit_xy, gx - cx, gy - cy, s, ra0, dec0,
+                                   (cx, cy), nx, ny)
+    else:
+        cards = _sip_from_solution(sol, order, fit_xy, gx - cx, gy - cy, s, ra0, dec0,
+                                   (cx, cy), nx, ny)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w = WCS(_header(cards))  # the written text, parsed back: what readers will get
@@ -160,6 +178,49 @@ def _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order):
     dra = (wra - cra + 180.0) % 360.0 - 180.0
     dev = np.hypot(dra * np.cos(np.radians(cdec)), wdec - cdec).max() * 3.6e6
     return cards, float(dev)
+
+
+def tpv_term_index(order: int) -> np.ndarray:
+    """TPV's index ``k`` of each monomial ``x^i y^j`` of :func:`poly_terms` (``order``
+    <= 7): terms by total degree, ``x`` power decreasing, with the radial terms
+    ``r, r^3, r^5, r^7`` (k = 3, 11, 23, 39) skipped."""
+    if order > 7:
+        raise ValueError("TPV polynomials stop at order 7")
+    k, out = 0, []
+    for degree in range(order + 1):
+        out += range(k, k + degree + 1)
+        k += degree + 1 + (degree % 2)  # an odd degree is followed by its r^degree term
+    return np.array(out)
+
+
+def _tpv_from_solution(sol, order, xy, du, dv, s, ra0, dec0, crpix, nx, ny):
+    """TPV cards of a forward fit ``sol`` (scaled pixel monomials of order 1..order):
+    CD from its linear terms, ``PV1/PV2`` refitted on the grid in the intermediate
+    coordinates ``CD (du, dv)`` (the same polynomial space)."""
+    from .astrometry_models import monomials
+
+    lin = sol[:2] / s  # terms (1, 0), (0, 1): d(xi, eta)/d(u, v)
+    cd = lin.T  # rows: xi, eta
+    x, y = cd @ np.vstack([du, dv])
+    t = float(np.max(np.abs(np.concatenate([x, y]))))  # scale: a well-conditioned basis
+    B = monomials(x / t, y / t, order)
+    coef = np.linalg.lstsq(B, xy, rcond=None)[0]
+    coef /= t ** poly_terms(order).sum(axis=1)[:, None]
+    terms = poly_terms(order)
+    # eta's terms are numbered with x and y exchanged: PV2_k multiplies y^i x^j
+    swap = {(int(i), int(j)): m for m, (i, j) in enumerate(terms)}
+    pv2 = coef[[swap[(int(j), int(i))] for i, j in terms], 1]
+    cards = [_card("NAXIS", 0), _card("WCSAXES", 2),
+             _card("CTYPE1", "RA---TPV"), _card("CTYPE2", "DEC--TPV"),
+             _card("CRPIX1", crpix[0] + 1.0), _card("CRPIX2", crpix[1] + 1.0),
+             _card("CRVAL1", float(ra0)), _card("CRVAL2", float(dec0)),
+             _card("CUNIT1", "deg"), _card("CUNIT2", "deg")]
+    cards += [_card(f"CD{i + 1}_{j + 1}", float(cd[i, j])) for i in range(2) for j in range(2)]
+    cards += [_card("RADESYS", "ICRS"), _card("EQUINOX", 2000.0)]
+    for axis, c in ((1, coef[:, 0]), (2, pv2)):
+        cards += [_card(f"PV{axis}_{k}", float(v)) for k, v in zip(tpv_term_index(order), c)]
+    cards += [_card("IMAGEW", int(nx)), _card("IMAGEH", int(ny))]
+    return cards
 
 
 def _sip_from_solution(sol, order, xy, du, dv, s, ra0, dec0, crpix, nx, ny):
@@ -184,24 +245,49 @@ def _sip_from_solution(sol, order, xy, du, dv, s, ra0, dec0, crpix, nx, ny):
     return _sip_cards(ra0, dec0, crpix, cd, a, b, ap, bp, order, inv_order, nx, ny)
 
 
-def write_wcs(path, pixel_to_sky, nx, ny, extra_header=None, tolerance_mas=1.0,
-              max_order=9) -> float:
-    """Write the fitted WCS of one CCD as a primary header; returns the deviation (mas)."""
-    from ..atomic import write_fits_atomic
+def wcs_file_bytes(pixel_to_sky, nx, ny, extra_header=None, tolerance_mas=1.0,
+                   max_order=9, wcs_format="tan-sip") -> tuple[bytes, float]:
+    """The WCS file of one CCD (a data-less primary HDU, checksums included) as bytes,
+    and its deviation from ``pixel_to_sky`` (mas, recorded as ``JCWCSRES``).
 
+    ``extra_header``: a dict of further keywords (e.g. the provenance).
+    """
     with single_blas_thread():
-        cards, dev = _fit_tan_sip(pixel_to_sky, nx, ny, tolerance_mas, max_order)
+        cards, dev = _fit_wcs(pixel_to_sky, nx, ny, tolerance_mas, max_order, wcs_format)
     # a data-less primary HDU may not carry NAXIS1/2 (FITS verification fails):
     # the CCD size is in IMAGEW/IMAGEH (astrometry.net's convention)
-    cards = [_card("SIMPLE", True, "conforms to FITS standard"),
-             _card("BITPIX", 8, "array data type")] + cards
+    cards = [c for c in cards if not c.startswith(("NAXIS ", "WCSAXES "))]
+    cards = [_card("WCSAXES", 2)] + cards
     cards.append(_card("JCWCSRES", dev, "max deviation of this WCS from the fit (mas)"))
-    header = _header(cards)
-    if extra_header:
-        header.update(extra_header)
-    hdu = fits.PrimaryHDU(header=header)
-    hdu.header.set("EXTEND", True, after="NAXIS")  # as a default PrimaryHDU has
-    write_fits_atomic(path, fits.HDUList([hdu]))
+    cards += _extra_cards(extra_header)
+    return hdu_bytes(cards), dev
+
+
+def _extra_cards(extra_header) -> list[str]:
+    if hasattr(extra_header, "cards"):  # an astropy Header
+        return [c.image for c in extra_header.cards]
+    out = []
+    for k, v in (extra_header or {}).items():
+        v, comment = v if isinstance(v, tuple) else (v, "")
+        out.append(_card(k, v, comment))
+    return out
+
+
+def write_wcs(path, pixel_to_sky, nx, ny, extra_header=None, tolerance_mas=1.0,
+              max_order=9, wcs_format="tan-sip", batch=None) -> float:
+    """Write the fitted WCS of one CCD as a primary header; returns the deviation (mas).
+
+    With ``batch`` (a :class:`tractpatch.atomic.AtomicBatch`) the file is staged there
+    (visible and durable when the batch commits); else written atomically at once.
+    """
+    from ..atomic import write_bytes_atomic
+
+    data, dev = wcs_file_bytes(pixel_to_sky, nx, ny, extra_header, tolerance_mas,
+                               max_order, wcs_format)
+    if batch is not None:
+        batch.write_bytes(path, data)
+    else:
+        write_bytes_atomic(path, data)
     return dev
 
 

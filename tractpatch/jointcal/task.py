@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import yaml
 
-from ..atomic import write_text_atomic
 from ..cli import CmdLineTask
 from ..errors import UserError
 from .config import JointcalConfig
@@ -128,30 +127,13 @@ class JointFitTask(CmdLineTask):
             refcat = _transfer_fluxes(refcat, RefCatalog.from_table(load_region(
                 self.repo.root, pname, ra0, dec0, radius, epoch_mjd=epoch,
                 filter_name=data_id["filter"], instrument=instrument), epoch))
-        res = self.fit(Detections.concatenate(dets), images, refcat)
-        from .outputs import photocalib_from_model, write_wcs
+        from .cholesky import use_backend
+
+        with use_backend(cfg.choleskyBackend):
+            res = self.fit(Detections.concatenate(dets), images, refcat)
         res.dropped.update(unread)
         tract = data_id["tract"]
-        prov = self.provenance()
-        wcs_dev = []
-        for g, im in enumerate(res.images):
-            ident = dict(tract=tract, visit=im.visit, ccd=im.ccd)
-            if cfg.doAstrometry:
-                wcs_dev.append(write_wcs(
-                    self.repo.path(f"{self.name}_wcs", **ident),
-                    lambda x, y, g=g: res.pixel_to_sky(g, x, y), im.nx, im.ny, prov,
-                    cfg.wcsTolerance, cfg.sipOrderMax))
-            if res.photo_model is not None:
-                order = getattr(res.photo_model, "order", 0)  # simple: a constant
-                pc = photocalib_from_model(lambda x, y, g=g: res.calibration(g, x, y),
-                                           im.nx, im.ny, order)
-                pc.write(self.repo.path(f"{self.name}_photoCalib", **ident), extra_header=prov)
-        metrics = compute_metrics(res)
-        if wcs_dev:
-            metrics["wcs_max_deviation_mas"] = round(float(max(wcs_dev)), 4)
-        write_text_atomic(self.repo.path(f"{self.name}_metrics", tract=tract,
-                                         filter=data_id["filter"]),
-                          yaml.safe_dump(metrics, sort_keys=False))
+        metrics = self._write_outputs(res, tract, data_id["filter"])
         self.log.info("tract %s %s: %d CCD images, astrometry rms %.2f mas (ref) %.2f mas "
                       "(internal), photometric repeatability %.2f mmag, %d dropped", tract,
                       data_id["filter"], len(res.images),
@@ -163,6 +145,39 @@ class JointFitTask(CmdLineTask):
         return {k: metrics[k] for k in ("prepared_ccdImages", "final_chi2", "final_ndof")
                 if k in metrics}
 
+
+    def _write_outputs(self, res, tract, filter_name) -> dict:
+        """The per-CCD WCS and photoCalib files and the metrics file, in one
+        :class:`~tractpatch.atomic.AtomicBatch`: every file is staged, the file system
+        is synced once, then all are renamed into place (one fsync per file was most of
+        the time of writing a small tract). Returns the metrics."""
+        from ..atomic import AtomicBatch
+        from .outputs import photocalib_from_model, write_wcs
+
+        cfg = self.config
+        prov = self.provenance()
+        wcs_dev = []
+        with AtomicBatch() as batch:
+            for g, im in enumerate(res.images):
+                ident = dict(tract=tract, visit=im.visit, ccd=im.ccd)
+                if cfg.doAstrometry:
+                    wcs_dev.append(write_wcs(
+                        self.repo.path(f"{self.name}_wcs", **ident),
+                        lambda x, y, g=g: res.pixel_to_sky(g, x, y), im.nx, im.ny, prov,
+                        cfg.wcsTolerance, cfg.sipOrderMax, cfg.wcsFormat, batch=batch))
+                if res.photo_model is not None:
+                    order = getattr(res.photo_model, "order", 0)  # simple: a constant
+                    pc = photocalib_from_model(lambda x, y, g=g: res.calibration(g, x, y),
+                                               im.nx, im.ny, order)
+                    pc.write(self.repo.path(f"{self.name}_photoCalib", **ident),
+                             extra_header=prov, batch=batch)
+            metrics = compute_metrics(res)
+            if wcs_dev:
+                metrics["wcs_max_deviation_mas"] = round(float(max(wcs_dev)), 4)
+            batch.write_text(self.repo.path(f"{self.name}_metrics", tract=tract,
+                                            filter=filter_name),
+                             yaml.safe_dump(metrics, sort_keys=False))
+        return metrics
 
     def diagnostics_dir(self, tract, filter_name):
         """Where ``--diagnostics`` writes (see :meth:`add_arguments`)."""
