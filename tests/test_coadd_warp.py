@@ -169,15 +169,32 @@ def test_reproject_methods_conserve_flux(method):
     assert abs(cx - x) < 0.05 and abs(cy - y) < 0.05
 
 
-def test_tabulated_kernel_matches_exact_weights():
-    from tractpatch.coadd.kernels import TABLE_OVERSAMPLE, kernel_table, table_weights
+def test_phase_table_matches_exact_weights():
+    """Every row of the phase table is the exact normalised kernel at its phase, and
+    rounding a position to the nearest phase moves it by at most 1 / (2 PHASES)."""
+    from tractpatch.coadd.kernels import PHASES, phase_table
 
     for name in KERNELS:
         kind, a = kernel_code(name)
-        table = kernel_table(name)
+        table = phase_table(name)
+        assert table.shape == (PHASES + 1, 2 * a)
         exact = np.empty(2 * a)
-        tab = np.empty(2 * a)
-        for frac in np.linspace(0, 0.999, 37):
-            kernel_weights(frac, kind, a, exact)
-            table_weights(frac, a, table, TABLE_OVERSAMPLE, tab)
-            assert np.max(np.abs(tab - exact)) < 1e-6
+        for i in np.linspace(0, PHASES, 41).astype(int):
+            kernel_weights(i / PHASES, kind, a, exact)
+            assert np.max(np.abs(table[i] - exact)) < 1e-12
+        assert np.allclose(table.sum(axis=1), 1.0)
+    # hand check: Lanczos3 at phase 1/2 is symmetric, the two middle taps
+    # 3 sin(pi/2) sin(pi/6) / (pi/2)^2 = 0.6079 before normalisation
+    w = phase_table("lanczos3")[PHASES // 2]
+    assert np.allclose(w, w[::-1])
+    raw = 3 * np.sin(np.pi * 0.5) * np.sin(np.pi * 0.5 / 3) / (np.pi * 0.5) ** 2
+    x = 0.5 + 2 - np.arange(6)
+    raws = 3 * np.sin(np.pi * x) * np.sin(np.pi * x / 3) / (np.pi * x) ** 2
+    assert np.isclose(w[2], raw / raws.sum())
+    # the worst phase rounding is half a phase step: the weights' centroid moves by it
+    frac = 0.5 / PHASES * 0.999
+    exact = np.empty(6)
+    kernel_weights(frac, *kernel_code("lanczos3"), exact)
+    table = phase_table("lanczos3")
+    shift = np.sum(exact * (np.arange(6) - 2)) - np.sum(table[0] * (np.arange(6) - 2))
+    assert 0 < abs(shift) < 1e-4

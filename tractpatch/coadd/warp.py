@@ -14,8 +14,7 @@ from astropy.wcs import WCS
 
 from ..image import Exposure, MaskPlanes
 from ..image.photocalib import AB_FLUX_NJY
-from .kernels import (TABLE_OVERSAMPLE, clean_windows, kernel_code, kernel_table,
-                      warp_region)
+from .kernels import PHASES, clean_windows, kernel_code, phase_table, warp_region
 from .transform import CoarseTransform, coarse_transform, footprint_bbox
 
 #: Planes whose pixels are left out when interpolating (their values are not usable).
@@ -133,7 +132,7 @@ def warp_exposure(exposure: Exposure, out_wcs: WCS, out_shape, kernel: str = "la
         warp_region(_as_f32(exposure.image), _as_f32(exposure.variance),
                     np.ascontiguousarray(in_mask, np.int32),
                     mp.bitmask(*bad_planes), nodata_bit, tr.gx, tr.gy, tr.gj, tr.step,
-                    ny, nx, _table(kernel), TABLE_OVERSAMPLE, a, float(mask_threshold),
+                    ny, nx, _table(kernel), PHASES, a, float(mask_threshold),
                     img, var, msk, cov, clean, all_clean, float(scale))
     else:
         img, var, msk, cov = _warp_reproject(exposure, out_wcs, tr, method, mp, bad_planes,
@@ -155,9 +154,9 @@ _TABLES: dict = {}
 
 
 def _table(kernel: str) -> np.ndarray:
-    """The tabulated kernel, made once per process."""
+    """The kernel's weights per phase (:func:`phase_table`), made once per process."""
     if kernel not in _TABLES:
-        _TABLES[kernel] = kernel_table(kernel)
+        _TABLES[kernel] = phase_table(kernel)
     return _TABLES[kernel]
 
 
