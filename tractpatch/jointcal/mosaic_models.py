@@ -41,6 +41,28 @@ def chebyshev_basis_derivatives(u, v, order: int):
     return tu[:, i] * tv[:, j], du[:, i] * tv[:, j], tu[:, i] * dv[:, j]
 
 
+def _chebyshev_basis(u, v, order: int):
+    """``T_i(u) T_j(v)`` (i + j <= order), shape (n, nt)."""
+    terms = poly_terms(order)
+    tu = C.chebvander(np.asarray(u, float), order)
+    tv = C.chebvander(np.asarray(v, float), order)
+    return tu[:, terms[:, 0]] * tv[:, terms[:, 1]]
+
+
+def _per_visit_product(B, coef, vis):
+    """Row-wise ``B[i] @ coef[vis[i]]`` ((n, nt) x (n_visits, nt, k) -> (n, k)): one GEMM
+    per run of equal visits (rows sorted by visit), else a gathered row-wise product."""
+    n = len(vis)
+    cut = np.flatnonzero(vis[1:] != vis[:-1]) + 1 if n else np.zeros(0, int)
+    if len(cut) > 8 + n // 512:
+        return np.einsum("nt,ntk->nk", B, coef[vis])
+    bounds = np.r_[0, cut, n]
+    out = np.empty((n, coef.shape[2]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        out[a:b] = B[a:b] @ coef[vis[a]]
+    return out
+
+
 def _cheb_derivatives(x, t):
     """d T_n / dx from the recurrence T'_{n+1} = 2 T_n + 2 x T'_n - T'_{n-1}."""
     d = np.zeros_like(t)
@@ -124,8 +146,7 @@ class MosaicAstrometryModel:
         vis = self.image_visit[img]
         for k in np.unique(vis):
             s = vis == k
-            B, _, _ = chebyshev_basis_derivatives(fx[s] / self.scale, fy[s] / self.scale,
-                                                  self.order)
+            B = _chebyshev_basis(fx[s] / self.scale, fy[s] / self.scale, self.order)
             c = np.linalg.lstsq(B, np.column_stack([xi[s], eta[s]]), rcond=None)[0]
             base = k * 2 * self.nt
             theta[base:base + self.nt] = c[:, 0]
@@ -152,8 +173,7 @@ class MosaicAstrometryModel:
     def sky_from_focal(self, theta, visit_index: int, fx, fy):
         """Tangent-plane (xi, eta) arcsec of focal-plane points (arcsec) in one visit."""
         fx, fy = np.asarray(fx, float), np.asarray(fy, float)
-        B, _, _ = chebyshev_basis_derivatives(fx.ravel() / self.scale,
-                                              fy.ravel() / self.scale, self.order)
+        B = _chebyshev_basis(fx.ravel() / self.scale, fy.ravel() / self.scale, self.order)
         base = visit_index * 2 * self.nt
         return ((B @ theta[base:base + self.nt]).reshape(fx.shape),
                 (B @ theta[base + self.nt:base + 2 * self.nt]).reshape(fx.shape))
@@ -165,28 +185,72 @@ class MosaicAstrometryModel:
         return {"xi": cx.copy(), "eta": ce.copy(), "pointing": np.array([cx[0], ce[0]])}
 
     # --- for the fitter -----------------------------------------------------------------
+    #: rows per chunk of the evaluations: bounds the (rows x terms) temporaries
+    CHUNK = 1 << 16
+
     def evaluate(self, theta, img, u, v):
         """Tangent-plane (xi, eta) arcsec of normalised CCD coordinates of images ``img``."""
-        xi, eta, *_ = self.derivatives(theta, np.broadcast_to(img, np.shape(u)), u, v)
-        return xi, eta
+        u = np.asarray(u, float)
+        img = np.broadcast_to(img, u.shape).ravel()
+        uf, vf = u.ravel(), np.broadcast_to(np.asarray(v, float), u.shape).ravel()
+        out = np.empty((uf.size, 2))
+        coef = self._coefficients(theta)
+        for a in range(0, uf.size, self.CHUNK):
+            s = slice(a, a + self.CHUNK)
+            fx, fy = self._focal(theta, self.image_ccd[img[s]], uf[s], vf[s])
+            B = _chebyshev_basis(fx / self.scale, fy / self.scale, self.order)
+            out[s] = _per_visit_product(B, coef, self.image_visit[img[s]])
+        return out[:, 0].reshape(u.shape), out[:, 1].reshape(u.shape)
+
+    def _coefficients(self, theta):
+        """Per-visit series as (n_visits, nt, 2) matrices (xi, eta columns)."""
+        return np.ascontiguousarray(
+            theta[:self.ccd_base].reshape(self.n_visits, 2, self.nt).transpose(0, 2, 1))
+
+    def block_derivatives(self, theta, img, u, v):
+        """Values and derivatives in the per-image block form of :mod:`.mosaic_solver`.
+
+        Returns ``xi, eta`` (n,), ``B`` (n, nt): the derivative of xi (of eta) with
+        respect to the visit's xi (eta) coefficients, the same basis for both, and
+        ``dxa, dea`` (n, 3): the derivatives of xi and eta with respect to the CCD's
+        ``x0, y0, t``. The columns are the visit's ``2 * nt`` block
+        (``visit * 2 * nt``, xi then eta) and ``ccd_base + 3 * ccd``. Rows sorted by
+        visit are fastest (one matrix-vector product per visit).
+        """
+        img = np.asarray(img)
+        n = img.size
+        vis, ccd = self.image_visit[img], self.image_ccd[img]
+        coef = self._coefficients(theta)
+        xe = np.empty((n, 2))
+        B = np.empty((n, self.nt))
+        dxa, dea = np.empty((n, 3)), np.empty((n, 3))
+        place = self.placement(theta)
+        for a in range(0, n, self.CHUNK):
+            s = slice(a, a + self.CHUNK)
+            fx, fy = self._focal(theta, ccd[s], u[s], v[s])
+            Bs, dU, dV = chebyshev_basis_derivatives(fx / self.scale, fy / self.scale,
+                                                     self.order)
+            B[s] = Bs
+            xe[s] = _per_visit_product(Bs, coef, vis[s])
+            du = _per_visit_product(dU, coef, vis[s]) / self.scale   # d(xi, eta)/d fx
+            dv = _per_visit_product(dV, coef, vis[s]) / self.scale   # d(xi, eta)/d fy
+            p = place[ccd[s]]
+            # d f / d t: rotation about the CCD centre
+            dfx_dt, dfy_dt = -(fy - p[:, 1]), fx - p[:, 0]
+            dxa[s] = np.column_stack([du[:, 0], dv[:, 0],
+                                      du[:, 0] * dfx_dt + dv[:, 0] * dfy_dt])
+            dea[s] = np.column_stack([du[:, 1], dv[:, 1],
+                                      du[:, 1] * dfx_dt + dv[:, 1] * dfy_dt])
+        return xe[:, 0].copy(), xe[:, 1].copy(), B, dxa, dea
 
     def derivatives(self, theta, img, u, v):
-        """xi, eta and their parameter columns/derivatives ``(ix, dx, ie, de)``."""
+        """xi, eta and their parameter columns/derivatives ``(ix, dx, ie, de)`` as
+        (n, nt + 3) arrays (the generic row form of :mod:`.fitter`)."""
         img = np.asarray(img)
         vis, ccd = self.image_visit[img], self.image_ccd[img]
-        fx, fy = self._focal(theta, ccd, u, v)
-        B, dU, dV = chebyshev_basis_derivatives(fx / self.scale, fy / self.scale,
-                                                self.order)
+        xi, eta, B, dxa, dea = self.block_derivatives(theta, img, np.asarray(u, float),
+                                                      np.asarray(v, float))
         pbase = vis[:, None] * 2 * self.nt + np.arange(self.nt)[None, :]
-        px, pe = theta[pbase], theta[pbase + self.nt]
-        xi, eta = (B * px).sum(axis=1), (B * pe).sum(axis=1)
-        dxi_fx, dxi_fy = (dU * px).sum(axis=1) / self.scale, (dV * px).sum(axis=1) / self.scale
-        de_fx, de_fy = (dU * pe).sum(axis=1) / self.scale, (dV * pe).sum(axis=1) / self.scale
-        p = self.placement(theta)[ccd]
-        # d f / d t: rotation about the CCD centre
-        dfx_dt, dfy_dt = -(fy - p[:, 1]), fx - p[:, 0]
-        dxa = np.column_stack([dxi_fx, dxi_fy, dxi_fx * dfx_dt + dxi_fy * dfy_dt])
-        dea = np.column_stack([de_fx, de_fy, de_fx * dfx_dt + de_fy * dfy_dt])
         cbase = self.ccd_base + 3 * ccd[:, None] + np.arange(3)[None, :]
         return (xi, eta, np.concatenate([pbase, cbase], axis=1),
                 np.concatenate([B, dxa], axis=1),

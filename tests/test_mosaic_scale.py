@@ -1,0 +1,130 @@
+"""mosaic's per-image block assembly of the normal equations against the dense algebra.
+
+The block assembly (:func:`tractpatch.jointcal.mosaic_solver.normal_equations`) must give
+exactly the matrix ``J^T J`` and gradient ``J^T r`` of the generic residual rows (the
+problems' :meth:`rows`, which jointcal's fitter uses), with the stars eliminated exactly
+as the dense Schur complement; and its Gauss-Newton step must be the dense solution of
+the full system (model and star parameters together).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tractpatch.jointcal import mosaic_solver as ms
+from tractpatch.jointcal.config import MosaicConfig
+from tractpatch.jointcal.problems import AstrometryProblem, PhotometryProblem
+from tractpatch.jointcal.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A fitted 3-visit, 4-CCD mosaic and the prepared inputs its fit started from."""
+    det, images, ref, truth = make_synthetic(n_visits=3, ccd_grid=(2, 2), stars_per_ccd=50,
+                                             seed=3)
+    captured = {}
+    orig = ms.fit_models_blocks
+
+    def grab(prep, amodel, theta, pmodel, config, focal):
+        captured.update(prep=prep, amodel=amodel, theta=theta.copy(), pmodel=pmodel)
+        return orig(prep, amodel, theta, pmodel, config, focal)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ms, "fit_models_blocks", grab)
+    try:
+        res = ms.fit_mosaic(det, images, ref, MosaicConfig(fittingOrder=3, fluxFitOrder=2))
+    finally:
+        mp.undo()
+    return dict(captured, res=res, ref=ref, data=(det, images, ref, truth))
+
+
+def _dense(rows, n_params, n_star):
+    """Dense J (model), J_s (stars), r of generic :class:`fitter.Rows`."""
+    J = np.zeros((len(rows.r), n_params))
+    for j in range(rows.idx.shape[1]):
+        ok = rows.idx[:, j] >= 0
+        np.add.at(J, (np.nonzero(ok)[0], rows.idx[ok, j]), rows.val[ok, j])
+    Js = np.zeros((len(rows.r), n_star))
+    ok = rows.star >= 0
+    Js[np.nonzero(ok)[0], rows.star[ok]] = rows.star_val[ok]
+    return J, Js, rows.r
+
+
+def _check(problem, blocks, theta, stars, n_params, n_star, free):
+    J, Js, r = _dense(problem.rows(theta, stars), n_params, n_star)
+    br = blocks.block_rows(theta, stars)
+    assert br.chi2 == pytest.approx(r @ r, rel=1e-12)
+    # stars held fixed: H_tt and g_t
+    ne = ms.normal_equations(br, n_params, False)
+    H, g = J.T @ J, J.T @ r
+    assert np.abs(ne.H - H).max() <= 1e-12 * np.abs(H).max()
+    assert np.abs(ne.g - g).max() <= 1e-12 * np.abs(g).max()
+    # stars eliminated: the Schur complement of the diagonal star block
+    d = (Js ** 2).sum(axis=0)
+    dinv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)  # stars left without rows
+    Hts = J.T @ Js
+    S = H - (Hts * dinv) @ Hts.T
+    gS = g - Hts @ ((Js.T @ r) * dinv)
+    ne = ms.normal_equations(br, n_params, True)
+    assert np.abs(ne.H - S).max() <= 1e-11 * np.abs(S).max()
+    assert np.abs(ne.g - gS).max() <= 1e-11 * np.abs(gS).max()
+    # the step: the dense least-squares solution over the free model and all stars
+    Jf = np.hstack([J[:, free], Js])
+    keep = np.any(Jf != 0, axis=0)  # stars left without rows do not move
+    full = np.zeros(Jf.shape[1])
+    full[keep] = np.linalg.solve(Jf[:, keep].T @ Jf[:, keep], -Jf[:, keep].T @ r)
+    dt, ds = ms.solve_blocks(br, n_params, free, True)
+    nf = int(free.sum())
+    assert np.abs(dt[free] - full[:nf]).max() <= 1e-7 * np.abs(full[:nf]).max()
+    assert np.all(dt[~free] == 0)
+    assert np.abs(ds - full[nf:]).max() <= 1e-7 * np.abs(full[nf:]).max()
+
+
+def test_astrometry_blocks_equal_dense_normal_equations(tiny):
+    prep, am = tiny["prep"], tiny["amodel"]
+    n = prep.n_stars
+    ref = tiny["ref"]
+    rsig = np.hypot(ref.ra_err, ref.dec_err) / np.sqrt(2) / 1000.0
+    prob = AstrometryProblem(am, prep.meas, n, prep.ref_index, prep.ref_xi, prep.ref_eta,
+                             rsig, prep.pm_xi, prep.pm_eta)
+    prob.active[::7] = False  # rejected measurements leave the blocks
+    rng = np.random.default_rng(1)
+    stars = np.concatenate([prep.star_xi, prep.star_eta]) + rng.normal(0, 0.01, 2 * n)
+    theta = tiny["theta"].copy()
+    theta[am.ccd_base:] += rng.normal(0, 1e-4, 3 * am.n_ccds)  # off the layout start
+    _check(prob, ms.AstrometryBlocks(prob), theta, stars, am.n_params, 2 * n, ~am.fixed)
+
+
+def test_photometry_blocks_equal_dense_normal_equations(tiny):
+    prep, pm, res, ref = tiny["prep"], tiny["pmodel"], tiny["res"], tiny["ref"]
+    n = prep.n_stars
+    prob = PhotometryProblem(pm, prep.meas, n, prep.ref_index, ref.flux, ref.flux_err,
+                             0.002)
+    rng = np.random.default_rng(2)
+    theta = res.photo_theta * (1 + rng.normal(0, 1e-3, len(res.photo_theta)))
+    fluxes = res.stars_flux * (1 + rng.normal(0, 1e-3, n))
+    prob.set_sigma(theta)
+    prob.active[::5] = False
+    _check(prob, ms.PhotometryBlocks(prob), theta, fluxes, pm.n_params, n, ~pm.fixed)
+
+
+def test_blocks_and_sparse_assembly_fit_alike(tiny):
+    """The whole fit through jointcal's generic sparse fitter lands on the same WCSs and
+    calibrations (to far below their errors) as the block assembly."""
+    det, images, ref, truth = tiny["data"]
+    cfg = MosaicConfig(fittingOrder=3, fluxFitOrder=2)
+    a = tiny["res"]
+    b = ms.fit_mosaic(det, images, ref, cfg, assembly="sparse")
+    assert np.array_equal(a.astro_active, b.astro_active)
+    worst_mas = worst_mmag = 0.0
+    for g, im in enumerate(a.images):
+        x, y = np.meshgrid(np.linspace(0, im.nx - 1, 6), np.linspace(0, im.ny - 1, 6))
+        ra, dec = a.pixel_to_sky(g, x.ravel(), y.ravel())
+        rb, db = b.pixel_to_sky(g, x.ravel(), y.ravel())
+        sep = np.hypot((ra - rb) * np.cos(np.radians(dec)), dec - db) * 3.6e6
+        worst_mas = max(worst_mas, sep.max())
+        dm = 2.5e3 * np.log10(a.calibration(g, x, y) / b.calibration(g, x, y))
+        worst_mmag = max(worst_mmag, np.abs(dm).max())
+    assert worst_mas < 0.01 and worst_mmag < 0.01
+    with pytest.raises(ValueError, match="assembly"):
+        ms.fit_mosaic(det, images, ref, cfg, assembly="dense")
