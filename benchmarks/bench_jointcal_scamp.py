@@ -37,7 +37,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,16 +118,26 @@ def tool_version(exe: str) -> str:
 
 def timed(cmd: list[str], cwd=None, log=None) -> float:
     """Run ``cmd``; its wall time (s). Output goes to ``log``; a failure prints it."""
+    return timed_cpu(cmd, cwd, log)[0]
+
+
+def timed_cpu(cmd: list[str], cwd=None, log=None) -> tuple[float, float]:
+    """Run ``cmd``; its wall time and CPU time (user + sys of the child and its
+    children, from ``getrusage(RUSAGE_CHILDREN)``; much less sensitive than wall time
+    to other processes on a shared machine). Output goes to ``log``."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
     if log is not None:
         Path(log).write_text(f"$ {' '.join(map(str, cmd))}\n{res.stdout}\n{res.stderr}")
     if res.returncode != 0:
         tail = "\n".join((res.stdout + res.stderr).splitlines()[-30:])
         raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... failed "
                            f"(rc {res.returncode}):\n{tail}")
-    return dt
+    return dt, cpu
 
 
 # ----------------------------------------------------------------------------- survey
@@ -209,20 +221,65 @@ def run_ours(workdir: Path, filters: dict, truth, rerun: str, jobs: int, logdir:
     for f, visits in filters.items():
         r = res[f]
         r.update(skymap_s=t_sky, n_ccds_in=len(visits) * len(truth.ccds))
+        cmd = [PYTHON, BIN / "jointcal.py", workdir, "--rerun", rerun,
+               "--id", f"filter={f}", "tract=0", *overrides, *REDO]
         try:
-            t_jc = timed([PYTHON, BIN / "jointcal.py", workdir, "--rerun", rerun,
-                          "--id", f"filter={f}", "tract=0", *overrides, *REDO],
-                         log=logdir / f"jointcal-{f}.log")
+            t_jc, c_jc = timed_cpu(cmd, log=logdir / f"jointcal-{f}.log")
         except RuntimeError as exc:
             r["error"] = str(exc)
             continue
         files = [p for p in results.glob("jointcal_*-*-*.fits")
                  if _visit_of(p) in visits]
-        r.update(fit_s=t_jc, total_s=r["detect_s"] + t_jc)
+        r.update(fit_s=t_jc, fit_cpu_s=c_jc, total_s=r["detect_s"] + t_jc,
+                 cmd=[str(c) for c in cmd], results=str(results),
+                 **inprocess_times(logdir / f"jointcal-{f}.log"))
         r.update(score_dir(files, logdir / f"score-jointcal-{f}", truth, "jointcal"))
         if not files:
             r["error"] = "jointcal wrote no results; see " + str(logdir / f"jointcal-{f}.log")
     return res
+
+
+_TIMING = re.compile(r"timing: inputs ([\d.]+) s, fit ([\d.]+) s, outputs ([\d.]+) s")
+
+
+def inprocess_times(log: Path) -> dict:
+    """jointcal.py's own timing line: reading inputs, the fit, writing outputs (s)."""
+    m = _TIMING.search(Path(log).read_text()) if Path(log).exists() else None
+    if m is None:
+        return {}
+    return dict(inputs_s=float(m.group(1)), solve_s=float(m.group(2)),
+                outputs_s=float(m.group(3)))
+
+
+def time_fits(ours: dict, scamp: dict, n: int, logdir: Path) -> dict:
+    """The fit step alone, ``n`` times per filter, jointcal.py and scamp interleaved on
+    the same inputs (SRC catalogs / LDAC catalogs of the last full run). Before each
+    run its previous outputs are removed, untimed, for both (SCAMP's ``.head`` files,
+    jointcal's results folder), so neither replaces files. Returns per filter the
+    lists of wall, CPU and in-process times."""
+    out: dict = {}
+    for f in ours:
+        o, s = ours[f], scamp.get(f, {})
+        if "cmd" not in o or "cmd" not in s or "error" in o or "error" in s:
+            continue
+        t = out.setdefault(f, {k: [] for k in ("jc_wall", "jc_cpu", "jc_solve",
+                                               "jc_inproc", "sc_wall", "sc_cpu")})
+        for i in range(n):
+            shutil.rmtree(o["results"], ignore_errors=True)
+            log = logdir / f"fit-jointcal-{f}-{i}.log"
+            w, c = timed_cpu(o["cmd"], log=log)
+            ip = inprocess_times(log)
+            t["jc_wall"].append(w)
+            t["jc_cpu"].append(c)
+            if ip:
+                t["jc_solve"].append(ip["solve_s"])
+                t["jc_inproc"].append(ip["inputs_s"] + ip["solve_s"] + ip["outputs_s"])
+            for h in Path(s["cwd"]).glob("*.head"):
+                h.unlink()
+            w, c = timed_cpu(s["cmd"], cwd=s["cwd"], log=logdir / f"fit-scamp-{f}-{i}.log")
+            t["sc_wall"].append(w)
+            t["sc_cpu"].append(c)
+    return out
 
 
 def constant_model_limit(truth, visits: list[int], per: str = "visit") -> float:
@@ -488,10 +545,11 @@ def run_scamp(workdir: Path, filters: dict, truth, tools: dict, sdir: Path, jobs
         log = cdir / "scamp.log"
         r: dict = {"extract_s": t_sex, "export_s": t_export, "ref_epoch": epoch,
                    "n_ccds_in": len(visits) * len(truth.ccds)}
+        cmd = [tools["scamp"], *cats, "-c", "/dev/null",
+               *scamp_options(mosaic, distort, jobs, stability)]
+        r.update(cmd=cmd, cwd=str(cdir))
         try:
-            r["fit_s"] = timed([tools["scamp"], *cats, "-c", "/dev/null",
-                                *scamp_options(mosaic, distort, jobs, stability)],
-                               cwd=cdir, log=log)
+            r["fit_s"], r["fit_cpu_s"] = timed_cpu(cmd, cwd=cdir, log=log)
         except RuntimeError as exc:
             r["error"] = str(exc)
             res[f] = r
@@ -597,6 +655,45 @@ def print_table(table: dict, meta: dict) -> None:
           "(mas) and 1.0857 flux_psf_err/flux_psf (mmag); RMS over CCDs.")
 
 
+def print_fit_times(fit_times: dict, meta: dict) -> dict:
+    """The fit step alone: medians of the interleaved runs, ratios, a one-line verdict.
+    Returns the medians and ratios per filter."""
+    if not fit_times:
+        return {}
+    med = {f: {k: (statistics.median(v) if v else None) for k, v in t.items()}
+           for f, t in fit_times.items()}
+    n = max(len(t["jc_wall"]) for t in fit_times.values())
+    print(f"\n  fit step alone: median of {n} interleaved runs per filter, load average "
+          f"{meta['load_after']} ({meta['cpu_count']} CPUs)")
+    print(f"  {'':8s} {'jointcal.py':>23s} {'scamp':>15s}   jointcal/SCAMP")
+    print(f"  {'filter':8s} {'wall':>7s} {'CPU':>7s} {'fit':>7s} {'wall':>7s} {'CPU':>7s}"
+          f"   {'wall':>6s} {'CPU':>6s} {'fit/wall':>8s}")
+    out = {}
+    for f, m in med.items():
+        r = {"wall": ratio(m["jc_wall"], m["sc_wall"]), "cpu": ratio(m["jc_cpu"], m["sc_cpu"]),
+             "fit": ratio(m["jc_solve"], m["sc_wall"]),
+             "inproc": ratio(m["jc_inproc"], m["sc_wall"])}
+        out[f] = {"medians": m, "ratios": r}
+        print(f"  {f:8s} {fmt(m['jc_wall']):>7s} {fmt(m['jc_cpu']):>7s} "
+              f"{fmt(m['jc_solve']):>7s} {fmt(m['sc_wall']):>7s} {fmt(m['sc_cpu']):>7s}"
+              f"   {fmt(r['wall']):>6s} {fmt(r['cpu']):>6s} {fmt(r['fit']):>8s}")
+    print("  jointcal.py wall/CPU: the whole command (Python start-up and imports, about "
+          "1 s of CPU, reading the\n  SRC catalogs and reference catalog, the fit, "
+          "writing 2 files per CCD + metrics, durable);\n  'fit': the in-process solve "
+          "alone (its log's timing line). scamp: the whole command (reading the\n  LDAC "
+          "catalogs and the FITS-LDAC reference file, the fit, writing the .head files;"
+          " no check plots, no XML).")
+    worst = {k: max((o["ratios"][k] for o in out.values() if o["ratios"][k] is not None),
+                    default=None) for k in ("wall", "cpu", "fit", "inproc")}
+    faster = worst["wall"] is not None and worst["wall"] < 1
+    print(f"  verdict: jointcal.py/SCAMP (worst filter) wall {fmt(worst['wall'])}, CPU "
+          f"{fmt(worst['cpu'])}; in-process fit/SCAMP wall {fmt(worst['fit'])}, in-process "
+          f"inputs+fit+outputs/SCAMP wall {fmt(worst['inproc'])} -> the command is "
+          f"{'faster' if faster else 'NOT faster'} than SCAMP "
+          f"(goal: ratio < 1)")
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -621,6 +718,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jointcal-config", action="append", metavar="NAME=VALUE",
                     help="jointcal.py --config override (repeatable), e.g. "
                     "minMeasurementsPerCcd=10 for --preset tiny")
+    ap.add_argument("--fit-repeat", type=int, default=3,
+                    help="after the full runs, time the fit step alone this many times "
+                    "per filter, jointcal.py and scamp interleaved (medians reported)")
     ap.add_argument("--quick", action="store_true",
                     help="one filter only (for iterating on the benchmark itself)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -659,6 +759,12 @@ def main(argv=None) -> int:
             scamp_runs.append(run_scamp(workdir, filters, truth, tools, logdir / "scamp",
                                         args.jobs, args.scamp_mosaic, args.scamp_distort,
                                         args.scamp_stability, args.scamp_layout))
+        fit_times = {}
+        if args.fit_repeat > 0:
+            print(f"fit step alone, {args.fit_repeat} interleaved runs ...", flush=True)
+            fdir = workdir / "bench" / "fit"
+            fdir.mkdir(parents=True, exist_ok=True)
+            fit_times = time_fits(ours_runs[-1], scamp_runs[-1], args.fit_repeat, fdir)
         floor = noise_floor(workdir, f"{RERUN}{args.repeat - 1}", filters, truth)
         meta = {"preset": args.preset, "repeat": args.repeat, "jobs": args.jobs,
                 "load_before": load_before,
@@ -672,6 +778,7 @@ def main(argv=None) -> int:
                 "workdir": str(workdir)}
         table = summarise(ours_runs, scamp_runs, floor, filters)
         print_table(table, meta)
+        speed = print_fit_times(fit_times, meta)
         for name, runs in (("jointcal", ours_runs), ("SCAMP", scamp_runs)):
             for f, r in runs[-1].items():
                 if "error" in r:
@@ -679,7 +786,8 @@ def main(argv=None) -> int:
         if args.json:
             strip = lambda runs: [{f: {k: v for k, v in r.items() if k != "per_ccd"}  # noqa
                                    for f, r in run.items()} for run in runs]
-            doc = {"meta": meta, "summary": table, "floor": floor,
+            doc = {"meta": meta, "summary": table, "floor": floor, "fit_times": fit_times,
+                   "fit_speed": speed,
                    "jointcal_runs": strip(ours_runs), "scamp_runs": strip(scamp_runs),
                    "per_ccd": {"jointcal": {f: r.get("per_ccd") for f, r in
                                             ours_runs[-1].items()},

@@ -226,3 +226,82 @@ def test_single_blas_thread_limits_and_restores():
         assert inside and all(n == 1 for n in inside)
     after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert after == before
+
+
+# ------------------------------------------------------------- Cholesky backends
+import scipy.sparse as sp  # noqa: E402
+
+import tractpatch.jointcal.cholesky as cholesky  # noqa: E402
+
+#: the backends testable here: scipy always; cholmod where scikit-sparse is installed
+BACKENDS = ["scipy"] + (["cholmod"] if cholesky.cholmod_available() else [])
+
+
+def _spd(n=300, seed=0):
+    """A sparse SPD matrix with a known solution: banded blocks plus a few long links,
+    entries of very different scales (as model parameters of different units)."""
+    rng = np.random.default_rng(seed)
+    J = sp.random(4 * n, n, density=8 / n, random_state=seed, format="csr")
+    scale = sp.diags(10.0 ** rng.uniform(-3, 3, n))
+    H = (scale @ (J.T @ J + sp.eye(n)) @ scale).tocsc()
+    x = rng.normal(size=n)
+    return H, x, H @ x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dense", [False, True])
+def test_cholesky_backends_solve_a_known_system(backend, dense):
+    H, x, b = _spd()
+    got = cholesky.solve(H.toarray() if dense else H, b, backend=backend)
+    np.testing.assert_allclose(got, x, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cholesky_singular_raises_the_callers_error(backend):
+    H, _, b = _spd(50)
+    H = H.tolil()
+    H[7, :] = 0
+    H[:, 7] = 0
+    with pytest.raises(fitter.SingularSystemError, match="singular normal matrix"):
+        cholesky.factor(H.tocsc(), backend=backend, error=fitter.SingularSystemError)
+    # not positive definite although the diagonal is
+    bad = sp.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(cholesky.NotPositiveDefinite):
+        cholesky.factor(bad, backend=backend).solve(np.ones(2)) if backend == "cholmod" \
+            else _indefinite_dense(backend)
+
+
+def _indefinite_dense(backend):
+    # SuperLU factors an indefinite matrix without complaint (it is an LU): the scipy
+    # backend's Cholesky check is the dense LAPACK path
+    cholesky.factor(np.array([[1.0, 2.0], [2.0, 1.0]]), backend=backend)
+
+
+def test_cholesky_backend_choice(monkeypatch):
+    assert cholesky.resolve_backend("scipy", sparse=True) == "scipy"
+    assert cholesky.resolve_backend("auto", sparse=False) == "scipy"  # dense: LAPACK
+    monkeypatch.setattr(cholesky, "cholmod_available", lambda: False)
+    assert cholesky.resolve_backend("auto", sparse=True) == "scipy"
+    with pytest.raises(ValueError, match="scikit-sparse is not installed"):
+        cholesky.resolve_backend("cholmod", sparse=True)
+    with pytest.raises(ValueError, match="unknown Cholesky backend"):
+        cholesky.resolve_backend("mkl", sparse=True)
+    monkeypatch.setattr(cholesky, "cholmod_available", lambda: True)
+    assert cholesky.resolve_backend("auto", sparse=True) == "cholmod"
+    with cholesky.use_backend("scipy"):
+        assert cholesky.resolve_backend(None, sparse=True) == "scipy"
+    assert cholesky.resolve_backend(None, sparse=True) == "cholmod"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_step_with_each_backend_equals_least_squares(backend):
+    """The fitter's sparse path (above denseLimit) through each backend gives the step
+    minimising |r + J d|^2, as the dense path does."""
+    rng = np.random.default_rng(4)
+    rows = _random_rows(rng)
+    n_par, n_star = 12, 60
+    dense_dt, dense_ds = solve_step(rows, np.arange(n_par), n_par, n_star)
+    with cholesky.use_backend(backend):
+        dt, ds = solve_step(rows, np.arange(n_par), n_par, n_star, dense_limit=1)
+    np.testing.assert_allclose(dt, dense_dt, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ds, dense_ds, rtol=1e-9, atol=1e-12)

@@ -111,11 +111,19 @@ class _DenseFactor:
         return self._solve_tri(self.L.T, y, lower=False, check_finite=False) * self.s
 
 
-def _check_sparse_diagonal(H):
+def _scaled_sparse(H):
+    """``(S H S, s)`` with ``S = diag(s)``, ``s = 1/sqrt(diag H)`` (Jacobi scaling: a
+    unit diagonal whatever the parameters' units), CSC."""
+    import scipy.sparse as sp
+
+    H = sp.csc_matrix(H)
     diag = H.diagonal()
     if np.any(~(diag > 0)) or not np.all(np.isfinite(diag)):
         raise NotPositiveDefinite("singular normal matrix: some parameters are not "
                                   "constrained by any measurement")
+    s = 1.0 / np.sqrt(diag)
+    S = sp.diags(s)
+    return (S @ H @ S).tocsc(), s
 
 
 class _SuperLUFactor:
@@ -124,15 +132,15 @@ class _SuperLUFactor:
     def __init__(self, H):
         import scipy.sparse.linalg as spla
 
-        _check_sparse_diagonal(H)
+        Hs, self.s = _scaled_sparse(H)
         try:
-            self._lu = spla.splu(H.tocsc(), permc_spec="MMD_AT_PLUS_A")
+            self._lu = spla.splu(Hs, permc_spec="MMD_AT_PLUS_A")
         except RuntimeError as exc:
             raise NotPositiveDefinite(f"singular normal matrix ({exc}); lower the model "
                                       "order or select more stars") from None
 
     def solve(self, b):
-        return self._lu.solve(np.asarray(b, dtype=np.float64))
+        return self._lu.solve(np.asarray(b, dtype=np.float64) * self.s) * self.s
 
 
 class _CholmodFactor:
@@ -141,15 +149,16 @@ class _CholmodFactor:
     def __init__(self, H):
         from sksparse.cholmod import CholmodNotPositiveDefiniteError, cholesky
 
-        _check_sparse_diagonal(H)
+        Hs, self.s = _scaled_sparse(H)
         try:
-            self._f = cholesky(H.tocsc())
+            # supernodal LL': a simplicial LDL' would factor an indefinite matrix
+            self._f = cholesky(Hs, mode="supernodal")
         except CholmodNotPositiveDefiniteError as exc:
             raise NotPositiveDefinite(f"singular normal matrix ({exc}); lower the model "
                                       "order or select more stars") from None
 
     def solve(self, b):
-        return self._f(np.asarray(b, dtype=np.float64))
+        return self._f(np.asarray(b, dtype=np.float64) * self.s) * self.s
 
 
 def factor(H, backend: str | None = None, error: type[Exception] = NotPositiveDefinite):
