@@ -49,7 +49,7 @@ def _chebyshev_basis(u, v, order: int):
     return tu[:, terms[:, 0]] * tv[:, terms[:, 1]]
 
 
-def _per_visit_product(B, coef, vis):
+def per_visit_product(B, coef, vis):
     """Row-wise ``B[i] @ coef[vis[i]]`` ((n, nt) x (n_visits, nt, k) -> (n, k)): one GEMM
     per run of equal visits (rows sorted by visit), else a gathered row-wise product."""
     n = len(vis)
@@ -61,6 +61,105 @@ def _per_visit_product(B, coef, vis):
     for a, b in zip(bounds[:-1], bounds[1:]):
         out[a:b] = B[a:b] @ coef[vis[a]]
     return out
+
+
+#: from this many rows on, the series and their derivatives are evaluated by a numba
+#: kernel (one pass per row, no (rows x terms) temporaries besides the basis itself);
+#: below, numpy (no numba start-up, ~1 s, for small fits)
+NUMBA_ROWS = 20_000
+_kernel = None
+
+
+def _series_kernel():
+    """The numba kernel of :func:`series`, compiled (or loaded from cache) on first use."""
+    global _kernel
+    if _kernel is None:
+        from numba import njit
+
+        @njit(cache=True)
+        def kernel(u, v, vis, coef, ti, tj, order, B, xe, d):
+            n, nt = u.shape[0], ti.shape[0]
+            want_b, want_d = B.shape[0] > 0, d.shape[0] > 0
+            tu = np.empty(order + 1)
+            tv = np.empty(order + 1)
+            du = np.zeros(order + 1)
+            dv = np.zeros(order + 1)
+            for i in range(n):
+                tu[0], tv[0] = 1.0, 1.0
+                if order > 0:
+                    tu[1], tv[1] = u[i], v[i]
+                    du[1], dv[1] = 1.0, 1.0
+                for k in range(1, order):
+                    tu[k + 1] = 2 * u[i] * tu[k] - tu[k - 1]
+                    tv[k + 1] = 2 * v[i] * tv[k] - tv[k - 1]
+                    du[k + 1] = 2 * tu[k] + 2 * u[i] * du[k] - du[k - 1]
+                    dv[k + 1] = 2 * tv[k] + 2 * v[i] * dv[k] - dv[k - 1]
+                c = coef[vis[i]]
+                sx = se = 0.0
+                ux = ue = vx = ve = 0.0
+                for t in range(nt):
+                    b = tu[ti[t]] * tv[tj[t]]
+                    if want_b:
+                        B[i, t] = b
+                    sx += b * c[t, 0]
+                    se += b * c[t, 1]
+                    if want_d:
+                        bu = du[ti[t]] * tv[tj[t]]
+                        bv = tu[ti[t]] * dv[tj[t]]
+                        ux += bu * c[t, 0]
+                        ue += bu * c[t, 1]
+                        vx += bv * c[t, 0]
+                        ve += bv * c[t, 1]
+                xe[i, 0], xe[i, 1] = sx, se
+                if want_d:
+                    d[i, 0], d[i, 1], d[i, 2], d[i, 3] = ux, ue, vx, ve
+
+        _kernel = kernel
+    return _kernel
+
+
+def series(u, v, vis, coef, order: int, basis: bool = False, derivatives: bool = False,
+           use_numba: bool | None = None):
+    """Per-visit Chebyshev series (xi, eta) at scaled focal-plane points.
+
+    Parameters
+    ----------
+    u, v : ndarray (n,)
+        Focal-plane coordinates over the series' scale.
+    vis : ndarray of int (n,)
+        Visit of every point.
+    coef : ndarray (n_visits, nt, 2)
+        Series coefficients of every visit (xi, eta columns).
+    basis, derivatives : bool
+        Also return the basis ``T_i(u) T_j(v)`` (n, nt), and the derivatives
+        ``d(xi, eta)/du`` and ``d(xi, eta)/dv`` (each (n, 2)).
+    use_numba : bool, optional
+        Force the numba kernel or numpy; default: numba from ``NUMBA_ROWS`` rows on.
+
+    Returns
+    -------
+    xe : (n, 2); B : (n, nt) or None; du, dv : (n, 2) or None
+    """
+    u, v = np.ascontiguousarray(u, float), np.ascontiguousarray(v, float)
+    n = len(u)
+    if use_numba is None:
+        use_numba = n >= NUMBA_ROWS
+    if not use_numba:
+        if derivatives:
+            B, dU, dV = chebyshev_basis_derivatives(u, v, order)
+            du, dv = per_visit_product(dU, coef, vis), per_visit_product(dV, coef, vis)
+        else:
+            B, du, dv = _chebyshev_basis(u, v, order), None, None
+        return per_visit_product(B, coef, vis), (B if basis else None), du, dv
+    terms = poly_terms(order)
+    B = np.empty((n if basis else 0, len(terms)))
+    xe = np.empty((n, 2))
+    d = np.empty((n if derivatives else 0, 4))
+    _series_kernel()(u, v, np.ascontiguousarray(vis, np.int64), np.ascontiguousarray(coef),
+                     np.ascontiguousarray(terms[:, 0]), np.ascontiguousarray(terms[:, 1]),
+                     order, B, xe, d)
+    return (xe, B if basis else None, d[:, :2] if derivatives else None,
+            d[:, 2:] if derivatives else None)
 
 
 def _cheb_derivatives(x, t):
@@ -195,11 +294,12 @@ class MosaicAstrometryModel:
         uf, vf = u.ravel(), np.broadcast_to(np.asarray(v, float), u.shape).ravel()
         out = np.empty((uf.size, 2))
         coef = self._coefficients(theta)
+        numba = uf.size >= NUMBA_ROWS
         for a in range(0, uf.size, self.CHUNK):
             s = slice(a, a + self.CHUNK)
             fx, fy = self._focal(theta, self.image_ccd[img[s]], uf[s], vf[s])
-            B = _chebyshev_basis(fx / self.scale, fy / self.scale, self.order)
-            out[s] = _per_visit_product(B, coef, self.image_visit[img[s]])
+            out[s] = series(fx / self.scale, fy / self.scale, self.image_visit[img[s]], coef,
+                            self.order, use_numba=numba)[0]
         return out[:, 0].reshape(u.shape), out[:, 1].reshape(u.shape)
 
     def _coefficients(self, theta):
@@ -225,15 +325,14 @@ class MosaicAstrometryModel:
         B = np.empty((n, self.nt))
         dxa, dea = np.empty((n, 3)), np.empty((n, 3))
         place = self.placement(theta)
+        numba = n >= NUMBA_ROWS
         for a in range(0, n, self.CHUNK):
             s = slice(a, a + self.CHUNK)
             fx, fy = self._focal(theta, ccd[s], u[s], v[s])
-            Bs, dU, dV = chebyshev_basis_derivatives(fx / self.scale, fy / self.scale,
-                                                     self.order)
-            B[s] = Bs
-            xe[s] = _per_visit_product(Bs, coef, vis[s])
-            du = _per_visit_product(dU, coef, vis[s]) / self.scale   # d(xi, eta)/d fx
-            dv = _per_visit_product(dV, coef, vis[s]) / self.scale   # d(xi, eta)/d fy
+            xe[s], B[s], du, dv = series(fx / self.scale, fy / self.scale, vis[s], coef,
+                                         self.order, True, True, numba)
+            du /= self.scale  # d(xi, eta)/d fx
+            dv /= self.scale  # d(xi, eta)/d fy
             p = place[ccd[s]]
             # d f / d t: rotation about the CCD centre
             dfx_dt, dfy_dt = -(fy - p[:, 1]), fx - p[:, 0]

@@ -37,15 +37,16 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg.blas import dsyrk
 
 from ..errors import DataQualityError, UserError
 from .astrometry_models import ConstrainedAstrometryModel
-from .fitter import FitResult, _cholesky_solve
+from .fitter import FitResult, SingularSystemError
 from .inputs import CcdImage, Detections, RefCatalog
-from .mosaic_models import MosaicAstrometryModel, supported_order
-from .photometry_models import ConstrainedPhotometryModel
+from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_order
+from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
 from .problems import AstrometryProblem, PhotometryProblem
 from .solver import (_CHI2_MEDIAN, JointcalResult, PreparedFit, _worst_per_star,
                      fit_models, prepare_fit, reference_ccd)
@@ -296,8 +297,7 @@ def solve_blocks(rows: BlockRows, n_params: int, free: np.ndarray, fit_stars: bo
     dt = np.zeros(n_params)
     if free.any():
         ne = normal_equations(rows, n_params, fit_stars)
-        fi = np.nonzero(free)[0]
-        dt[fi] = _cholesky_solve(ne.H[np.ix_(fi, fi)], -ne.g[fi])
+        dt[:] = solve_normal(ne.H, ne.g, free, [c.visit_cols for c in rows.comps])
         dinv, gs = ne.dinv, ne.gs
     elif fit_stars:
         D = np.bincount(rows.star, rows.beta ** 2, ns)
@@ -320,6 +320,67 @@ def solve_blocks(rows: BlockRows, n_params: int, free: np.ndarray, fit_stars: bo
             hsd = np.bincount(rows.star, rows.beta * jd, ns)
             ds[c.star_offset:c.star_offset + ns] = -dinv * (s + hsd)
     return dt, ds
+
+
+def solve_normal(H, g, free, blocks) -> np.ndarray:
+    """``d`` (over all parameters, 0 where not ``free``) solving ``H d = -g`` on the free
+    parameters, by block elimination.
+
+    ``blocks``: arrays of parameter indices (the components' visit blocks) that couple
+    only with themselves and the remaining parameters (the CCDs), as the visit blocks
+    of different coordinates do: each is factored on its own (a few 1000 x 1000 Cholesky
+    factorisations instead of one of their total size), then the small remaining block.
+    Jacobi scaling first: the parameters have very different units.
+    """
+    fi = np.nonzero(free)[0]
+    d = np.zeros(len(g))
+    diag = np.diag(H)[fi]
+    if np.any(~(diag > 0)) or not np.all(np.isfinite(diag)):
+        raise SingularSystemError(
+            f"singular normal matrix: {int(np.sum(~(diag > 0)))} model parameters are not "
+            "constrained by any measurement (e.g. a CCD or visit without stars); lower the "
+            "model order or drop those data")
+    sc = np.zeros(len(g))
+    sc[fi] = 1.0 / np.sqrt(diag)
+    in_block = np.zeros(len(g), bool)
+    parts = []
+    for b in blocks:
+        b = np.asarray(b).ravel()
+        b = b[free[b]]
+        in_block[b] = True
+        parts.append(b)
+    rest = fi[~in_block[fi]]
+    try:
+        R = H[np.ix_(rest, rest)] * np.outer(sc[rest], sc[rest])
+        r = g[rest] * sc[rest]
+        facs = []
+        for b in parts:
+            L = np.linalg.cholesky(H[np.ix_(b, b)] * np.outer(sc[b], sc[b]))
+            X = scipy.linalg.solve_triangular(L, H[np.ix_(b, rest)] *
+                                              np.outer(sc[b], sc[rest]), lower=True,
+                                              check_finite=False)
+            y = scipy.linalg.solve_triangular(L, g[b] * sc[b], lower=True,
+                                              check_finite=False)
+            R -= X.T @ X
+            r -= X.T @ y
+            facs.append((b, L, X, y))
+        dr = np.zeros(0)
+        if len(rest):
+            Lr = np.linalg.cholesky(R)
+            dr = scipy.linalg.cho_solve((Lr, True), -r, check_finite=False)
+            d[rest] = dr * sc[rest]
+        for b, L, X, y in facs:
+            d[b] = scipy.linalg.solve_triangular(L.T, -y - X @ dr, lower=False,
+                                                 check_finite=False) * sc[b]
+    except np.linalg.LinAlgError:
+        raise SingularSystemError(
+            "singular normal matrix (the model has a degeneracy the data do not fix, "
+            "e.g. too few stars for the polynomial order); lower the model order or "
+            "select more stars") from None
+    if not np.all(np.isfinite(d)):
+        raise SingularSystemError("singular normal matrix (non-finite step); lower the "
+                                  "model order or select more stars")
+    return d
 
 
 # --- the two problems in block form -------------------------------------------------------
@@ -364,8 +425,13 @@ class AstrometryBlocks:
 
 class PhotometryBlocks:
     """:class:`.problems.PhotometryProblem` with :class:`BlockRows` of a
-    :class:`.photometry_models.ConstrainedPhotometryModel` (per visit ``nt`` Chebyshev
-    terms, then one scale per CCD)."""
+    :class:`.photometry_models.ConstrainedPhotometryModel` (``calib = k_ccd * T_visit(f)``:
+    per visit ``nt`` Chebyshev terms, then one scale per CCD).
+
+    The focal-plane positions are the astrometric fit's and do not change during the
+    photometric fit, so the Chebyshev basis of every measurement is computed once; the
+    calibration and the chi^2 of a trial step are then one matrix-vector product per visit.
+    """
 
     def __init__(self, problem: PhotometryProblem):
         self.problem = problem
@@ -376,26 +442,54 @@ class PhotometryBlocks:
         self.order = np.lexsort((m.img, model.image_visit[m.img]))
         self.cols = np.arange(model.n_visits)[:, None] * model.nt + np.arange(model.nt)
         self.ref_w = 1.0 / problem.ref_err
+        img = m.img[self.order]
+        fx, fy = model.focal(img, m.u[self.order], m.v[self.order])
+        self.B = chebyshev_basis(fx / model.scale, fy / model.scale, model.order)
+        self.img, self.vis = img, model.image_visit[img]
+        self.ccd_col = model.ccd_base + model.image_ccd[img]
+        self.unsort = np.empty_like(self.order)
+        self.unsort[self.order] = np.arange(len(self.order))
 
     def __getattr__(self, name):
         return getattr(self.problem, name)
 
+    def _calib(self, theta, sel=slice(None)):
+        """(calib, T, k) of the measurements in visit order (``sel`` of them)."""
+        model = self.model
+        coef = theta[:model.ccd_base].reshape(model.n_visits, model.nt, 1)
+        T = per_visit_product(self.B[sel], coef, self.vis[sel])[:, 0]
+        k = theta[self.ccd_col[sel]]
+        return k * T, T, k
+
+    def measurement_chi2(self, theta, stars):
+        """:meth:`.problems.PhotometryProblem.measurement_chi2` from the cached basis."""
+        m = self.meas
+        calib = self._calib(theta)[0][self.unsort]
+        return ((m.flux - stars[m.star] / calib) / self.problem.sigma) ** 2
+
+    def chi2(self, theta, stars) -> float:
+        """:meth:`.problems.PhotometryProblem.chi2` from the cached basis."""
+        p = self.problem
+        c = self.measurement_chi2(theta, stars)[p.active].sum()
+        c += (((stars[p.ref_star] - p.ref_flux) / p.ref_err) ** 2).sum()
+        return float(c)
+
     def block_rows(self, theta, stars) -> BlockRows:
         p, m, model = self.problem, self.meas, self.model
-        nt = model.nt
-        o = self.order[p.active[self.order]]
-        img = m.img[o]
-        calib, idx, val = model.derivatives(theta, img, m.u[o], m.v[o])
+        sel = np.nonzero(p.active[self.order])[0]
+        o = self.order[sel]
+        calib, T, kc = self._calib(theta, sel)
         w = 1.0 / p.sigma[o]
         k = m.star[o]
         pred = stars[k] / calib
-        scale = pred / calib * w
-        val *= scale[:, None]
+        scale = pred / calib * w              # d(flux - pred) / d calib, weighted
+        A = self.B[sel]
+        A *= (kc * scale)[:, None]
         s = p.ref_star
-        comp = Component(self.cols, idx[:, nt:], val[:, nt:], (m.flux[o] - pred) * w, 0,
-                         (stars[s] - p.ref_flux) * self.ref_w)
-        return BlockRows(model.image_visit[img], img, np.ascontiguousarray(val[:, :nt]), k,
-                         -w / calib, s, self.ref_w, [comp], model.n_visits, p.n_star)
+        comp = Component(self.cols, self.ccd_col[sel][:, None], (T * scale)[:, None],
+                         (m.flux[o] - pred) * w, 0, (stars[s] - p.ref_flux) * self.ref_w)
+        return BlockRows(self.vis[sel], self.img[sel], A, k, -w / calib, s, self.ref_w,
+                         [comp], model.n_visits, p.n_star)
 
 
 # --- Gauss-Newton and the staged fit (jointcal's, on the block assembly) -----------------
