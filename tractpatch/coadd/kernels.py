@@ -149,10 +149,13 @@ def _sum6(img, var, y0, x0, wx, wy):
     turns into SIMD), and a single horizontal dot product with ``wx`` ends it. The
     row-by-row order (a horizontal reduction per kernel row) is twice slower.
     """
-    c0 = c1 = c2 = c3 = c4 = c5 = 0.0
-    d0 = d1 = d2 = d3 = d4 = d5 = 0.0
+    # the column sums in float32, as the pixels (six terms: ~1e-7 relative rounding,
+    # that of the float32 output), twice as many per SIMD register; the final dot
+    # product in float64
+    c0 = c1 = c2 = c3 = c4 = c5 = np.float32(0.0)
+    d0 = d1 = d2 = d3 = d4 = d5 = np.float32(0.0)
     for ky in range(6):
-        w = wy[ky]
+        w = np.float32(wy[ky])
         q = w * w
         yy = y0 + ky
         c0 += w * img[yy, x0]

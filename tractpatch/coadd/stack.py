@@ -43,19 +43,80 @@ class StackResult:
     exptime: np.ndarray
 
 
+#: Up to this many values the median is found by ranking (n² branch-free comparisons),
+#: beyond by quickselect (about 2 n comparisons, but mispredicted branches): measured
+#: 35 vs 87 ns at n = 8 and 300 vs 470 ns at n = 30.
+RANK_MEDIAN_MAX = 40
+
+
 @njit(cache=True)
 def _median(buf, n, tmp):
-    """Median of ``buf[:n]`` (insertion sort in ``tmp``: n is small, no allocation)."""
+    """Median of ``buf[:n]`` (``tmp`` a scratch array of at least ``n``; no allocation);
+    exactly the value of a sort (mean of the two middle values for even ``n``)."""
+    if n <= RANK_MEDIAN_MAX:
+        return _median_rank(buf, n)
+    return _median_select(buf, n, tmp)
+
+
+@njit(cache=True)
+def _median_rank(buf, n):
+    """Median by ranks: value ``i``'s rank is the number of values below it plus the
+    equal ones before it (a permutation of 0..n-1 even with ties); the median is the
+    value of rank ``n // 2`` (with that of rank ``n // 2 - 1`` for even ``n``)."""
+    k = n // 2
+    lo = 0.0
+    hi = 0.0
     for i in range(n):
-        v = buf[i]
-        j = i - 1
-        while j >= 0 and tmp[j] > v:
-            tmp[j + 1] = tmp[j]
-            j -= 1
-        tmp[j + 1] = v
+        x = buf[i]
+        r = np.int32(0)
+        for j in range(n):
+            r += np.int32((buf[j] < x) | ((buf[j] == x) & (j < i)))
+        hi += x if r == k else 0.0
+        lo += x if r == k - 1 else 0.0
     if n % 2 == 1:
-        return tmp[n // 2]
-    return 0.5 * (tmp[n // 2 - 1] + tmp[n // 2])
+        return hi
+    return 0.5 * (lo + hi)
+
+
+@njit(cache=True)
+def _median_select(buf, n, tmp):
+    """Median by quickselect (Hoare partition, middle pivot) of the upper middle value,
+    then the lower middle one for even ``n`` as the largest value left of it."""
+    for i in range(n):
+        tmp[i] = buf[i]
+    k = n // 2
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        pivot = tmp[(lo + hi) >> 1]
+        i = lo
+        j = hi
+        while i <= j:
+            while tmp[i] < pivot:
+                i += 1
+            while tmp[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = tmp[i]
+                tmp[i] = tmp[j]
+                tmp[j] = t
+                i += 1
+                j -= 1
+        # now tmp[lo..j] <= pivot <= tmp[i..hi], and tmp[j+1..i-1] == pivot
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    upper = tmp[k]
+    if n % 2 == 1:
+        return upper
+    lower = tmp[0]
+    for i in range(1, k):
+        if tmp[i] > lower:
+            lower = tmp[i]
+    return 0.5 * (lower + upper)
 
 
 @njit(parallel=True, cache=True, nogil=True)
