@@ -1,23 +1,38 @@
-"""detectSources vs SExtractor (``source-extractor``) on the same simulated CCD.
+"""detectSources vs SExtractor (``source-extractor``) on the same simulated CCD(s).
 
 Renders a CCD with known truth (Moffat beta=3 stars of FWHM 4 px at random sub-pixel
-positions, a flat sky, Poisson + read noise, 10% of the sources extended), then runs
+positions, a flat sky, Poisson + read noise, 10% of the sources extended), then runs,
+interleaved, ``--repeat`` times:
 
-- ``source-extractor`` (Debian package; installed with apt-get when missing) with a
-  weight map, DETECT_THRESH 5, windowed positions (XWIN_IMAGE) and apertures, and
-- tractpatch's detectSources: in-process (read MEF + measure + write SRC), and the
-  full ``detectSources.py`` command on a repository holding the same CCD,
+- ``source-extractor`` (Debian package 2.25, a single-threaded build: NTHREADS is
+  ignored; installed with apt-get when missing) with a variance weight map and a flag
+  image, DETECT_THRESH 5, asked for the same measurements as detectSources makes, no
+  more, no less: windowed positions with errors (XWIN/ERRX2WIN), windowed sky
+  coordinates, four apertures (diameters 6, 12, 18, 24 = our radii 3, 6, 9, 12),
+  FLUX_AUTO (its total flux, for our aperture-corrected flux_psf), local background,
+  shape (A, B, THETA), size (FLUX_RADIUS), CLASS_STAR, FLAGS and IMAFLAGS_ISO;
+- tractpatch's detectSources in-process (read MEF + measure + write SRC);
+- the full ``detectSources.py`` command on one CCD (Python start-up, imports, registry
+  and ledger included);
+- with ``--nccd N`` > 1: the command once over N CCDs of the same repository against
+  ``source-extractor`` run once per CCD (as users run it), per CCD.
 
-and reports wall times (best of N) and centroid accuracy against the truth (rms of the
-windowed position error of isolated S/N > 20 stars, and the pull width) as ratios.
+Times are medians over the repeats, wall and CPU (user+sys: our process's
+``process_time`` in-process, ``RUSAGE_CHILDREN`` for commands); CPU time is much less
+sensitive to other load on the machine. Centroid accuracy: rms of the windowed
+position error of isolated S/N > 20 stars against the truth, and the pull width. The
+last line is a one-line verdict with the ratios (``>1`` means detectSources is faster).
 
 Usage: .venv/bin/python benchmarks/bench_detect.py [--nx 2048] [--ny 4176]
-       [--nstars 3000] [--repeat 3]
+       [--nstars 3000] [--repeat 3] [--nccd 8]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,53 +106,62 @@ def wcs(nx, ny):
     return w
 
 
-def run_sextractor(exe, d: Path, image: Path, weight: Path):
+SEX_PARAMS = ["NUMBER", "XWIN_IMAGE", "YWIN_IMAGE", "ERRX2WIN_IMAGE", "ERRY2WIN_IMAGE",
+              "ALPHAWIN_J2000", "DELTAWIN_J2000", "FLUX_APER(4)", "FLUXERR_APER(4)",
+              "FLUX_AUTO", "FLUXERR_AUTO", "BACKGROUND", "A_IMAGE", "B_IMAGE",
+              "THETA_IMAGE", "FLUX_RADIUS", "CLASS_STAR", "FLAGS", "IMAFLAGS_ISO"]
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd, **kw):
+    """Run ``cmd``; (wall, CPU user+sys of the child) in seconds."""
+    c0, t0 = _children_cpu(), time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t0, _children_cpu() - c0
+
+
+def run_sextractor(exe, d: Path, image: Path, weight: Path, flag: Path, tag="sex"):
+    """One ``source-extractor`` run: (wall, cpu, catalog or None when not read)."""
     params = d / "bench.param"
-    params.write_text("\n".join(["NUMBER", "X_IMAGE", "Y_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE",
-                                 "ERRX2WIN_IMAGE", "ERRY2WIN_IMAGE", "FLUX_APER(2)",
-                                 "FLUXERR_APER(2)", "FLUX_RADIUS", "CLASS_STAR",
-                                 "FLAGS"]) + "\n")
+    params.write_text("\n".join(SEX_PARAMS) + "\n")
     share = Path("/usr/share/source-extractor")
-    cat = d / "sex.fits"
+    cat = d / f"{tag}.fits"
     cmd = [exe, str(image), "-c", str(share / "default.sex"),
            "-PARAMETERS_NAME", str(params), "-FILTER_NAME", str(share / "default.conv"),
            "-STARNNW_NAME", str(share / "default.nnw"), "-CATALOG_NAME", str(cat),
            "-CATALOG_TYPE", "FITS_1.0", "-DETECT_THRESH", "5", "-ANALYSIS_THRESH", "5",
            "-DETECT_MINAREA", "5", "-WEIGHT_TYPE", "MAP_VAR", "-WEIGHT_IMAGE", str(weight),
-           "-PHOT_APERTURES", "12,24", "-GAIN", str(GAIN), "-SATUR_LEVEL", "1e9",
-           "-PIXEL_SCALE", "0.168", "-SEEING_FWHM", str(FWHM * 0.168),
-           "-BACK_SIZE", "64", "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=d)
-    dt = time.perf_counter() - t0
+           "-FLAG_IMAGE", str(flag), "-PHOT_APERTURES", "6,12,18,24", "-GAIN", str(GAIN),
+           "-SATUR_LEVEL", "1e9", "-PIXEL_SCALE", "0.168",
+           "-SEEING_FWHM", str(FWHM * 0.168), "-BACK_SIZE", "64", "-NTHREADS", "1",
+           "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE"]
+    wall, cpu = _timed(cmd, cwd=d)
     t = Table.read(cat, hdu=2 if len(fits.open(cat)) > 2 else 1)
     out = Table({"x": t["XWIN_IMAGE"] - 1.0, "y": t["YWIN_IMAGE"] - 1.0,
                  "x_err": np.sqrt(t["ERRX2WIN_IMAGE"]), "y_err": np.sqrt(t["ERRY2WIN_IMAGE"]),
-                 "flux": t["FLUX_APER"][:, 1], "flux_err": t["FLUXERR_APER"][:, 1]})
-    return dt, out
+                 "flux": t["FLUX_APER"][:, 3], "flux_err": t["FLUXERR_APER"][:, 3]})
+    return wall, cpu, out
 
 
 def run_ours_inprocess(d: Path, mef: Path):
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     exp = read_exposure(mef)
     res = measure_exposure(exp, DetectSourcesConfig())
     write_src(d / "SRC-bench.fits", res.table, {"VISIT": 1}, exp.wcs)
-    dt = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     t = res.table
-    return dt, Table({"x": t["x"], "y": t["y"], "x_err": t["x_err"], "y_err": t["y_err"],
-                      "flux": t["flux_ap_12"], "flux_err": t["flux_ap_12_err"]})
+    return wall, cpu, Table({"x": t["x"], "y": t["y"], "x_err": t["x_err"],
+                             "y_err": t["y_err"], "flux": t["flux_ap_12"],
+                             "flux_err": t["flux_ap_12_err"]})
 
 
-def run_ours_cli(d: Path, mef: Path, k: int):
-    root = d / "repo"
-    if not root.exists():
-        subprocess.run([sys.executable, str(REPO / "bin/ingestImages.py"), str(root),
-                        str(mef), "--no-progress"], check=True, capture_output=True)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "bin/detectSources.py"), str(root),
-                    "--rerun", f"b{k}", "--id", "visit=1", "--no-progress"], check=True,
-                   capture_output=True)
-    return time.perf_counter() - t0
+def run_ours_cli(root: Path, rerun: str, ids: list[str]):
+    return _timed([sys.executable, str(REPO / "bin/detectSources.py"), str(root),
+                   "--rerun", rerun, "--id", *ids, "--no-progress"], capture_output=True)
 
 
 def accuracy(cat: Table, truth: Table, snr_min=20.0):
@@ -161,44 +185,91 @@ def accuracy(cat: Table, truth: Table, snr_min=20.0):
             "n_detected": len(cat)}
 
 
+def _ratio(a, b):
+    return a / b if b > 0 else float("nan")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nx", type=int, default=2048)
     p.add_argument("--ny", type=int, default=4176)
     p.add_argument("--nstars", type=int, default=3000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--nccd", type=int, default=8, help="CCDs of the multi-CCD run "
+                   "(1: single-CCD runs only)")
     args = p.parse_args(argv)
     exe = ensure_sextractor()
+    load0 = os.getloadavg()
+    med = statistics.median
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         image, var, truth = render(args.nx, args.ny, args.nstars)
         w = wcs(args.nx, args.ny)
         fits.PrimaryHDU(image, w.to_header()).writeto(d / "image.fits")
         fits.PrimaryHDU(var, w.to_header()).writeto(d / "var.fits")
-        info = ExposureInfo(visit=1, ccd=0, filter="r", exptime=300.0, mjd=58800.0,
-                            gain=GAIN, saturation=1e9)
-        write_exposure(d / "ccd.fits", Exposure(image=image, variance=var, wcs=w,
-                                                info=info))
-        t_sex, t_in, t_cli = [], [], []
-        for k in range(args.repeat):
-            dt, sex = run_sextractor(exe, d, d / "image.fits", d / "var.fits")
-            t_sex.append(dt)
-            dt, ours = run_ours_inprocess(d, d / "ccd.fits")
-            t_in.append(dt)
-            t_cli.append(run_ours_cli(d, d / "ccd.fits", k))
-        a_sex, a_ours = accuracy(sex, truth), accuracy(ours, truth)
+        fits.PrimaryHDU(np.zeros(image.shape, np.int32), w.to_header()).writeto(
+            d / "flag.fits")
+        mefs = []
+        for k in range(max(1, args.nccd)):
+            info = ExposureInfo(visit=1, ccd=k, filter="r", exptime=300.0, mjd=58800.0,
+                                gain=GAIN, saturation=1e9)
+            mefs.append(d / f"ccd{k}.fits")
+            write_exposure(mefs[-1], Exposure(image=image, variance=var, wcs=w, info=info))
+        root = d / "repo"
+        subprocess.run([sys.executable, str(REPO / "bin/ingestImages.py"), str(root),
+                        *map(str, mefs), "--no-progress"], check=True, capture_output=True)
+        sex, inp, cli1, sexn, clin = [], [], [], [], []
+        for k in range(args.repeat):  # interleaved, so load changes hit both alike
+            wall, cpu, sex_cat = run_sextractor(exe, d, d / "image.fits", d / "var.fits",
+                                                d / "flag.fits")
+            sex.append((wall, cpu))
+            wall, cpu, ours = run_ours_inprocess(d, mefs[0])
+            inp.append((wall, cpu))
+            cli1.append(run_ours_cli(root, f"one{k}", ["visit=1", "ccd=0"]))
+            if args.nccd > 1:
+                runs = [run_sextractor(exe, d, d / "image.fits", d / "var.fits",
+                                       d / "flag.fits", tag=f"sex{j}")[:2]
+                        for j in range(args.nccd)]
+                sexn.append(tuple(sum(r[i] for r in runs) / args.nccd for i in (0, 1)))
+                wall, cpu = run_ours_cli(root, f"all{k}", ["visit=1"])
+                clin.append((wall / args.nccd, cpu / args.nccd))
+        a_sex, a_ours = accuracy(sex_cat, truth), accuracy(ours, truth)
+    load1 = os.getloadavg()
+
+    def mw(v):
+        return med([t[0] for t in v]), med([t[1] for t in v])
+
+    s_w, s_c = mw(sex)
     print(f"CCD {args.nx}x{args.ny}, {args.nstars} sources (10% extended), Moffat "
-          f"beta={BETA} FWHM={FWHM} px; best of {args.repeat}")
-    print(f"  source-extractor          : {min(t_sex):7.2f} s  detected {a_sex['n_detected']}")
-    print(f"  detectSources in-process  : {min(t_in):7.2f} s  detected {a_ours['n_detected']}"
-          f"   ratio to SExtractor {min(t_in) / min(t_sex):.2f}")
-    print(f"  detectSources.py command  : {min(t_cli):7.2f} s  (startup, registry, ledger "
-          f"included)   ratio {min(t_cli) / min(t_sex):.2f}")
+          f"beta={BETA} FWHM={FWHM} px; median of {args.repeat}; load average "
+          f"{load0[0]:.2f} -> {load1[0]:.2f} (1 min), {os.cpu_count()} CPUs")
+    print(f"  {'':34s} {'wall s':>7s} {'CPU s':>7s}  SExtractor/ours: wall  CPU")
+    print(f"  {'source-extractor (1 thread)':34s} {s_w:7.2f} {s_c:7.2f}  detected "
+          f"{a_sex['n_detected']}")
+    rows = [("detectSources in-process", mw(inp)),
+            ("detectSources.py, 1 CCD", mw(cli1))]
+    if args.nccd > 1:
+        n_w, n_c = mw(sexn)
+        print(f"  {f'source-extractor per CCD, {args.nccd} runs':34s} {n_w:7.2f} {n_c:7.2f}")
+        rows.append((f"detectSources.py, {args.nccd} CCDs, per CCD", mw(clin)))
+    ratios = {}
+    for name, (w_, c_) in rows:
+        ref_w, ref_c = (n_w, n_c) if "CCDs" in name else (s_w, s_c)
+        ratios[name] = (_ratio(ref_w, w_), _ratio(ref_c, c_))
+        print(f"  {name:34s} {w_:7.2f} {c_:7.2f}  {ratios[name][0]:19.2f} "
+              f"{ratios[name][1]:5.2f}")
     print(f"  centroid rms (isolated stars, S/N>20): SExtractor XWIN {a_sex['rms_pix']:.4f} px "
-          f"(n={a_sex['n']}), ours {a_ours['rms_pix']:.4f} px (n={a_ours['n']}), "
-          f"ratio {a_ours['rms_pix'] / a_sex['rms_pix']:.2f}")
-    print(f"  centroid pull std: SExtractor {a_sex['pull_std']:.2f}, ours "
-          f"{a_ours['pull_std']:.2f}")
+          f"(n={a_sex['n']}), ours {a_ours['rms_pix']:.4f} px (n={a_ours['n']}); pull std "
+          f"SExtractor {a_sex['pull_std']:.2f}, ours {a_ours['pull_std']:.2f}")
+    rms_ratio = a_ours["rms_pix"] / a_sex["rms_pix"]
+    speed = ratios["detectSources in-process"][0]
+    # "no worse": within the statistical error of the rms (1/sqrt(2n) ~ 3% here)
+    tol = 1.0 + 1.0 / np.sqrt(2 * max(1, min(a_sex["n"], a_ours["n"])))
+    ok = speed >= 1.0 and rms_ratio <= tol
+    parts = [f"{name} {r[0]:.2f}x wall {r[1]:.2f}x CPU" for name, r in ratios.items()]
+    print(f"VERDICT {'PASS' if ok else 'FAIL'}: SExtractor/detectSources time ratios "
+          f"(>1: ours faster): {'; '.join(parts)}; centroid rms ratio ours/SExtractor "
+          f"{rms_ratio:.3f} (no worse: <= {tol:.3f}); load {load1[0]:.1f}")
 
 
 if __name__ == "__main__":
