@@ -161,3 +161,24 @@ def test_mean_keeps_trail_median_removes_it(stat):
         assert v > 0.25 * trail_level
     else:
         assert v < 0.1 * trail_level
+
+
+def test_median_by_rank_and_by_quickselect_equal_numpy():
+    """Both median algorithms (ranks up to RANK_MEDIAN_MAX values, quickselect beyond)
+    give numpy's median exactly, with ties, odd and even counts."""
+    from tractpatch.coadd.stack import RANK_MEDIAN_MAX, _median, _median_rank, _median_select
+
+    rng = np.random.default_rng(11)
+    tmp = np.empty(200)
+    for n in (1, 2, 3, 4, 7, 8, 29, 30, RANK_MEDIAN_MAX, RANK_MEDIAN_MAX + 1, 150):
+        for _ in range(20):
+            buf = np.round(rng.normal(size=200), 1)  # rounding makes ties common
+            orig = buf.copy()
+            want = np.median(buf[:n])
+            assert _median(buf, n, tmp) == want
+            assert _median_rank(buf, n) == want
+            assert _median_select(buf, n, tmp) == want
+            assert np.array_equal(buf, orig)  # the input is left in place
+    # hand case: 4, 1, 3, 3 -> sorted 1 3 3 4 -> 3; 5, 1, 2, 9 -> 3.5
+    assert _median(np.array([4.0, 1.0, 3.0, 3.0]), 4, tmp) == 3.0
+    assert _median(np.array([5.0, 1.0, 2.0, 9.0]), 4, tmp) == 3.5
