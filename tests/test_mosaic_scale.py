@@ -76,7 +76,7 @@ def _check(problem, blocks, theta, stars, n_params, n_star, free):
     keep = np.any(Jf != 0, axis=0)  # stars left without rows do not move
     full = np.zeros(Jf.shape[1])
     full[keep] = np.linalg.solve(Jf[:, keep].T @ Jf[:, keep], -Jf[:, keep].T @ r)
-    dt, ds = ms.solve_blocks(br, n_params, free, True)
+    dt, ds, _ = ms.solve_blocks(br, n_params, free, True)
     nf = int(free.sum())
     assert np.abs(dt[free] - full[:nf]).max() <= 1e-7 * np.abs(full[:nf]).max()
     assert np.all(dt[~free] == 0)
@@ -155,3 +155,17 @@ def test_series_kernel_equals_numpy():
     assert b[1][:, 0] == pytest.approx(np.ones(n))  # T_0 T_0
     np.testing.assert_allclose(b[1][:, 1], u)      # T_1(u) T_0(v): the first order terms
     np.testing.assert_allclose(b[1][:, 2], v)
+
+
+def test_ccd_layout_equals_jointcal_layout(tiny):
+    """The batched layout start equals jointcal's image-by-image one."""
+    from tractpatch.jointcal.astrometry_models import ConstrainedAstrometryModel
+
+    prep = tiny["prep"]
+    gi, gu, gv, gxi, geta = prep.grid
+    nv, nc = len(prep.visits), len(prep.ccds)
+    layout = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc, 1)
+    want = layout.initialize(gi, gu, gv, gxi, geta)[layout.ccd_base:].reshape(nc, 6)
+    got, scale = ms.ccd_layout(gi, gu, gv, gxi, geta, prep.img_visit, prep.img_ccd, nv, nc)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert scale == pytest.approx(layout.scale, rel=1e-12)
