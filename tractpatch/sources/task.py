@@ -10,6 +10,7 @@ and the per-CCD summary into the registry.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +103,10 @@ class DetectSourcesConfig(TaskConfig):
                                 "CCD has no star for the locus")
     use_gain: bool = Field(True, description="add source Poisson noise to the errors "
                            "when the CCD's gain is known")
+    threads: int = Field(2, ge=1, description="threads per CCD: the per-source "
+                         "measurements are split over them and the second sky pass runs "
+                         "beside the growth-curve masks (sep and numpy release the GIL); "
+                         "results do not depend on it")
 
 
 @dataclass
@@ -145,35 +150,63 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
         No usable pixel, or no source detected.
     """
     planes = _prepare_planes(exp, config, label)
-    data, bkg, objs, segmap = _sky_and_detect(planes, config, label)
+    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+        return _measure(exp, planes, config, label, pool)
+
+
+def _split(pool, threads: int, n: int, func, *arrays):
+    """``func(*arrays)`` over contiguous chunks of sources, one per worker thread;
+    the chunks' outputs (tuples of arrays) are concatenated in order. Each source's
+    result depends only on its own inputs, so the split does not change them."""
+    k = min(threads, max(1, n // 256))  # tiny CCDs: one chunk
+    if k <= 1:
+        return func(*arrays)
+    edges = np.linspace(0, n, k + 1).astype(int)
+    futures = [pool.submit(func, *(a[lo:hi] for a in arrays))
+               for lo, hi in zip(edges[:-1], edges[1:])]
+    parts = [f.result() for f in futures]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+def _measure(exp, planes, config, label, pool) -> SourceMeasurement:
+    """:func:`measure_exposure` after the pixel planes are prepared."""
+    data, bkg, objs, segmap, masks = _sky_and_detect(planes, config, label, pool, exp)
     var, bad8, mp = planes.var, planes.bad.view(np.uint8), exp.mask_planes
     gain = exp.info.gain if (config.use_gain and exp.info.gain) else None
     radii = list(config.aperture_radii)
     x0 = np.asarray(objs["x"], float)
     y0 = np.asarray(objs["y"], float)
     blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
-
-    # window sigma: the adaptive-moment sigma at the detection position (core-matched;
-    # SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab) where it fails
     sig0 = np.sqrt(np.asarray(objs["a"], float) * np.asarray(objs["b"], float))
-    sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
-    sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
-    # a deblended source's window may not slide more than half its sigma (onto the
-    # neighbour)
-    max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
-                         2 * np.clip(sig, 0.5, None) + 1)
-    x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
-                                               max_shift)
+
+    def per_source(x0, y0, sig0, blended):
+        # window sigma: the adaptive-moment sigma at the detection position
+        # (core-matched; SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab)
+        # where it fails
+        sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
+        sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
+        # a deblended source's window may not slide more than half its sigma (onto the
+        # neighbour)
+        max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
+                             2 * np.clip(sig, 0.5, None) + 1)
+        x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
+                                                   max_shift)
+        aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
+        return (sig, x, y, x_err, y_err, *(v for r in radii for v in aps[r][:2]))
+
+    out = _split(pool, config.threads, len(x0), per_source, x0, y0, sig0, blended)
+    sig, x, y, x_err, y_err = out[:5]
+    aps = {r: (out[5 + 2 * i], out[6 + 2 * i], None) for i, r in enumerate(radii)}
     fwhm = FWHM_PER_SIGMA * sig
-    aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
     f_max, e_max, _ = aps[max(radii)]
 
     locus, psf_source, n_locus = _psf_locus(exp, config, planes.satmask, x, y, fwhm,
                                             aps, radii, blended)
     psf_fwhm = locus.fwhm if np.isfinite(locus.fwhm) else config.default_fwhm
-    g_flux, g_err = gaussian_psf_flux(data, var, bad8, x, y, psf_fwhm, gain)
-    growth = _growth_curve(data, planes, exp, config, x, y, locus.members, f_max, e_max,
-                           g_flux, psf_fwhm, max(radii), sig, objs, segmap, gain, fwhm)
+    g_flux, g_err = _split(pool, config.threads, len(x), lambda x, y: gaussian_psf_flux(
+        data, var, bad8, x, y, psf_fwhm, gain), x, y)
+    growth = _growth_curve(data, planes, config, x, y, locus.members, f_max, e_max,
+                           g_flux, psf_fwhm, max(radii), sig, masks, gain, fwhm)
     apcorr, n_ap = growth.apcorr, growth.n_ref
     # flux_psf and its error: one multiplicative correction per source (it varies
     # smoothly over the CCD with the PSF size), so S/N is unchanged
@@ -254,8 +287,11 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
     return _Planes(image, var, bad, any_bad, satmask)
 
 
-def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
-    """Sky-subtracted image, the sky model, sep's detections and segmentation map."""
+def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, pool,
+                    exp: Exposure):
+    """Sky-subtracted image, the sky model, sep's detections, segmentation map, and
+    the growth curve's pixel masks (:class:`_GrowthMasks`, built while the second sky
+    pass runs in another thread)."""
     image, bad = planes.image, planes.bad
     bkg = estimate_background(image, bad, config.background_box, config.background_filter)
     data = bkg.subtract(image, bad if planes.any_bad else None)
@@ -267,23 +303,36 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str):
         raise DataQualityError(f"{label}: no sources detected above {config.threshold} "
                                "sigma; the CCD is left out (check the image, or lower "
                                "--config threshold=...)")
+    second = None
     if config.background_mask_scale is not None:
         # second sky pass without the sources' wings; detections are kept (the
         # difference is a small fraction of the noise), measurements use the new sky
-        bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
-                                                      config.background_mask_scale),
-                                   config.background_box, config.background_filter)
-        if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
-            bkg = bkg2
-            data = bkg.subtract(image, bad if planes.any_bad else None)
-    return data, bkg, objs, segmap
+        def sky2():
+            bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
+                                                          config.background_mask_scale),
+                                       config.background_box, config.background_filter)
+            if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
+                return bkg2, bkg2.subtract(image, bad if planes.any_bad else None)
+            return None
+        second = pool.submit(sky2)
+    masks = _growth_masks(planes, exp.mask_planes, objs, segmap)
+    if second is not None and (res := second.result()) is not None:
+        bkg, data = res
+    return data, bkg, objs, segmap, masks
 
 
-def _growth_curve(data, planes, exp, config, x, y, stars, f_max, e_max, g_flux,
-                  psf_fwhm, r_ref, size, objs, segmap, gain, fwhm) -> GrowthCurve:
-    """The CCD's curve of growth on its isolated bright stars (:mod:`.growth`)."""
-    mp = exp.mask_planes
-    # no saturated, masked, interpolated or cosmic-ray pixel inside a growth aperture
+@dataclass
+class _GrowthMasks:
+    """Pixels the growth curve avoids: ``reject`` in its apertures (masked, saturated,
+    interpolated, cosmic rays), ``sky_reject`` in its sky annuli (also every
+    detection's footprint and core ellipse), and the typical per-pixel noise."""
+
+    reject: np.ndarray
+    sky_reject: np.ndarray
+    sky_sigma: float
+
+
+def _growth_masks(planes: _Planes, mp, objs, segmap) -> _GrowthMasks:
     reject = planes.bad | ((planes.satmask & mp.bitmask("SAT", "CR", "BAD", "INTRP",
                                                          "SUSPECT", "NO_DATA")) != 0)
     # local sky annuli leave out every detection's footprint and core ellipse
@@ -291,10 +340,19 @@ def _growth_curve(data, planes, exp, config, x, y, stars, f_max, e_max, g_flux,
     others = segmap > 0
     sep.mask_ellipse(others, objs["x"], objs["y"], objs["a"], objs["b"], objs["theta"],
                      r=5.0)
+    others |= reject
+    # the median variance from every 7th pixel: the plane is smooth, 7x less work
+    sky_sigma = float(np.sqrt(np.median(planes.var.reshape(-1)[::7])))
+    return _GrowthMasks(reject, others, sky_sigma)
+
+
+def _growth_curve(data, planes, config, x, y, stars, f_max, e_max, g_flux,
+                  psf_fwhm, r_ref, size, masks: _GrowthMasks, gain, fwhm) -> GrowthCurve:
+    """The CCD's curve of growth on its isolated bright stars (:mod:`.growth`)."""
     bright = stars & (f_max > 0)
-    return fit_growth_curve(data, planes.var, reject, x, y, bright, f_max, e_max, g_flux, psf_fwhm,
-                            r_ref,
-                            size=size, sky_reject=reject | others, sky_sigma=float(np.sqrt(np.median(planes.var))),
+    return fit_growth_curve(data, planes.var, masks.reject, x, y, bright, f_max, e_max,
+                            g_flux, psf_fwhm, r_ref, size=size,
+                            sky_reject=masks.sky_reject, sky_sigma=masks.sky_sigma,
                             max_error=config.growth_max_error, gain=gain,
                             core_fwhm=config.growth_core_fwhm, fwhm_star=fwhm,
                             min_gradient_stars=config.growth_min_gradient_stars,
