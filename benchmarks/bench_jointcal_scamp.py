@@ -17,15 +17,24 @@ In one go, on the survey made by ``tractpatch.sim.make_demo_repo`` (default pres
    SCAMP's photometry is relative only). SCAMP fits one flux scale per exposure, so the
    best its model can do (the truth averaged per visit) is printed too.
 
-Both are timed (wall): the fit alone (jointcal.py / scamp) and detection + fit
-(detectSources.py + jointcal.py / source-extractor + scamp; the export of the MEF
-images for source-extractor is not counted).  The noise floor is computed from the
-SRC catalogs (see :func:`noise_floor`).
+Both are timed (wall and CPU = user + sys of the child processes): the fit alone
+(jointcal.py / scamp) and detection + fit (detectSources.py + jointcal.py /
+source-extractor + scamp; the export of the MEF images for source-extractor is not
+counted).  Then the fit step alone is run ``--fit-repeat`` more times per filter,
+jointcal.py and scamp interleaved on the same catalogs, their previous outputs removed
+(untimed) before each run; medians of wall and CPU time and jointcal's in-process fit
+time (from its log's ``timing:`` line) are printed with the ratios and a one-line
+verdict. What the times include: jointcal.py is a whole command (Python start-up and
+imports, the SRC and reference catalogs read, the fit, the WCS and photoCalib files and
+the metrics written and synced); scamp is a whole command (LDAC catalogs and the
+FITS-LDAC reference file read, the fit, the ``.head`` files written; no check plots,
+no XML).  The noise floor is computed from the SRC catalogs (see :func:`noise_floor`).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_jointcal_scamp.py [--preset mini] [--workdir DIR]
-        [--repeat N] [-j 2] [--json FILE] [--scamp-mosaic LOOSE|FIX_FOCALPLANE]
+        [--repeat N] [--fit-repeat 3] [-j 2] [--json FILE]
+        [--scamp-mosaic LOOSE|FIX_FOCALPLANE]
     .venv/bin/python benchmarks/bench_jointcal_scamp.py --preset tiny --quick
 
 ``source-extractor`` and ``scamp`` (Debian packages) are installed with apt-get when

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import ctypes.util
 import os
 import tempfile
@@ -89,16 +90,18 @@ def _dir_fd(path):
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
 def _libc_syncfs():
     """libc's ``syncfs(fd)`` (Linux), or None where it is not available."""
-    try:
-        name = ctypes.util.find_library("c")
-        fn = ctypes.CDLL(name, use_errno=True).syncfs if name else None
-    except (OSError, AttributeError):
-        return None
-    if fn is not None:
+    # the process's own symbols first: find_library runs ldconfig (tens of ms)
+    for find in (lambda: None, lambda: ctypes.util.find_library("c")):
+        try:
+            fn = ctypes.CDLL(find(), use_errno=True).syncfs
+        except (OSError, AttributeError, TypeError):
+            continue
         fn.argtypes = [ctypes.c_int]
-    return fn
+        return fn
+    return None
 
 
 def sync_filesystems(directories, files=()) -> None:
