@@ -45,8 +45,10 @@ def _dense(rows, n_params, n_star):
         ok = rows.idx[:, j] >= 0
         np.add.at(J, (np.nonzero(ok)[0], rows.idx[ok, j]), rows.val[ok, j])
     Js = np.zeros((len(rows.r), n_star))
-    ok = rows.star >= 0
-    Js[np.nonzero(ok)[0], rows.star[ok]] = rows.star_val[ok]
+    star, val = rows.star.reshape(len(rows.r), -1), rows.star_val.reshape(len(rows.r), -1)
+    for j in range(star.shape[1]):  # position, and motion where fitted
+        ok = star[:, j] >= 0
+        Js[np.nonzero(ok)[0], star[ok, j]] += val[ok, j]
     return J, Js, rows.r
 
 
@@ -62,12 +64,15 @@ def _check(problem, blocks, theta, stars, n_params, n_star, free):
     H, g = J.T @ J, J.T @ r
     assert np.abs(ne.H - H).max() <= 1e-12 * np.abs(H).max()
     assert np.abs(ne.g - g).max() <= 1e-12 * np.abs(g).max()
-    # stars eliminated: the Schur complement of the diagonal star block
-    d = (Js ** 2).sum(axis=0)
-    dinv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)  # stars left without rows
+    # stars eliminated: the Schur complement of the star block (diagonal, or 2 x 2 blocks
+    # of position and motion); star parameters without rows do not take part
+    D = Js.T @ Js
+    on = np.diag(D) > 0
+    Dinv = np.zeros_like(D)
+    Dinv[np.ix_(on, on)] = np.linalg.inv(D[np.ix_(on, on)])
     Hts = J.T @ Js
-    S = H - (Hts * dinv) @ Hts.T
-    gS = g - Hts @ ((Js.T @ r) * dinv)
+    S = H - Hts @ Dinv @ Hts.T
+    gS = g - Hts @ (Dinv @ (Js.T @ r))
     ne = ms.normal_equations(br, n_params, True)
     assert np.abs(ne.H - S).max() <= 1e-11 * np.abs(S).max()
     assert np.abs(ne.g - gS).max() <= 1e-11 * np.abs(gS).max()
@@ -96,6 +101,30 @@ def test_astrometry_blocks_equal_dense_normal_equations(tiny):
     theta = tiny["theta"].copy()
     theta[am.ccd_base:] += rng.normal(0, 1e-4, 3 * am.n_ccds)  # off the layout start
     _check(prob, ms.AstrometryBlocks(prob), theta, stars, am.n_params, 2 * n, ~am.fixed)
+
+
+def test_astrometry_blocks_with_proper_motions(tiny):
+    """Stars with fitted motions (2 x 2 star blocks per coordinate, catalog motions as
+    priors): the same equality with the dense algebra."""
+    prep, am = tiny["prep"], tiny["amodel"]
+    n = prep.n_stars
+    ref = tiny["ref"]
+    rng = np.random.default_rng(5)
+    active = np.ones(len(prep.meas.star), bool)
+    active[::9] = False
+    cnt = np.bincount(prep.meas.star[active], minlength=n)  # one per visit: epochs
+    pm_fit = (cnt >= 3) & (rng.random(n) < 0.6)
+    assert pm_fit.sum() > 20 and (pm_fit & (prep.ref_index >= 0)).sum() > 10
+    rsig = np.hypot(ref.ra_err, ref.dec_err) / np.sqrt(2) / 1000.0
+    prob = AstrometryProblem(am, prep.meas, n, prep.ref_index, prep.ref_xi, prep.ref_eta,
+                             rsig, prep.pm_xi, prep.pm_eta, pm_fit, 1e-3)
+    prob.active[:] = active
+    stars = prob.initial_stars(prep.star_xi, prep.star_eta)
+    stars[:2 * n] += rng.normal(0, 0.01, 2 * n)
+    stars[2 * n:] += rng.normal(0, 0.005, 2 * n) * np.tile(pm_fit, 2)
+    blocks = ms.AstrometryBlocks(prob)
+    assert blocks.block_rows(tiny["theta"], stars).slots == 2
+    _check(prob, blocks, tiny["theta"], stars, am.n_params, 4 * n, ~am.fixed)
 
 
 def test_photometry_blocks_equal_dense_normal_equations(tiny):

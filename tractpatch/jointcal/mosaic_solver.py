@@ -48,7 +48,7 @@ from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_o
 from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
 from .problems import AstrometryProblem, PhotometryProblem
 from .solver import (_CHI2_MEDIAN, JointcalResult, PreparedFit, _worst_per_star,
-                     fit_models, prepare_fit, reference_ccd)
+                     fit_models, prepare_fit, proper_motion_stars, reference_ccd)
 from .threads import single_blas_thread
 
 log = logging.getLogger("mosaic")
@@ -181,7 +181,9 @@ class Component:
     parameters (the CCD's) and their weighted derivatives, the same columns for all rows
     of an image; ``rho`` (n,) the weighted residuals (model - data) / sigma;
     ``star_offset``: star parameter = ``star_offset + star``; ``ref_rho`` the weighted
-    residuals of the reference rows (star - reference) / sigma.
+    residuals of the reference rows (star - reference) / sigma; with proper motions,
+    ``motion_offset`` (the star's motion along this coordinate is parameter
+    ``motion_offset + star``) and ``prior_rho`` (fitted - catalog motion) / sigma.
     """
 
     visit_cols: np.ndarray
@@ -190,6 +192,8 @@ class Component:
     rho: np.ndarray
     star_offset: int
     ref_rho: np.ndarray
+    motion_offset: int = -1
+    prior_rho: np.ndarray | None = None
 
 
 @dataclass
@@ -199,7 +203,10 @@ class BlockRows:
     Shared by the components: ``visit`` and ``image`` (n,), ``A`` (n, nt) the weighted
     derivatives with respect to the visit's block, ``star`` (n,) the star index and
     ``beta`` (n,) the weighted derivative with respect to the star parameter; the
-    reference rows ``ref_star`` with derivative ``ref_w``.
+    reference rows ``ref_star`` with derivative ``ref_w``. With proper motions,
+    ``beta2`` (n,) the derivative with respect to the star's motion (0 where the star
+    has none) and the motion prior rows ``prior_star`` with derivative ``prior_w``:
+    every star is then a block of 2 parameters per coordinate.
     """
 
     visit: np.ndarray
@@ -212,25 +219,51 @@ class BlockRows:
     comps: list[Component]
     n_visits: int
     n_stars: int
+    beta2: np.ndarray | None = None
+    prior_star: np.ndarray | None = None
+    prior_w: np.ndarray | None = None
+
+    @property
+    def slots(self) -> int:
+        return 1 if self.beta2 is None else 2
 
     @property
     def chi2(self) -> float:
-        return float(sum(c.rho @ c.rho + c.ref_rho @ c.ref_rho for c in self.comps))
+        c = sum(c.rho @ c.rho + c.ref_rho @ c.ref_rho for c in self.comps)
+        if self.slots == 2:
+            c += sum(c.prior_rho @ c.prior_rho for c in self.comps)
+        return float(c)
 
     @property
     def n_rows(self) -> int:
-        return (len(self.star) + len(self.ref_star)) * len(self.comps)
+        n = len(self.star) + len(self.ref_star)
+        if self.slots == 2:
+            n += len(self.prior_star)
+        return n * len(self.comps)
 
 
 @dataclass
 class NormalEquations:
-    """``H d = -g`` over all model parameters, stars eliminated when ``dinv`` is set;
-    ``gs`` (per component) the star gradients for the back-substitution."""
+    """``H d = -g`` over all model parameters, stars eliminated when ``stars`` is set."""
 
     H: np.ndarray
     g: np.ndarray
-    dinv: np.ndarray | None
-    gs: list | None
+    stars: "StarTerms | None"
+
+
+@dataclass
+class StarTerms:
+    """The star blocks of the normal equations, per star (``s`` = :attr:`BlockRows.slots`
+    parameters per coordinate: position, and motion where fitted).
+
+    ``W`` (n_stars, s, s): whitening, ``D^-1 = W^T W`` (zero rows for parameters no row
+    depends on: stars without rows, motions not fitted); ``inv`` = ``D^-1``; ``gs`` per
+    component the star gradients (n_stars, s).
+    """
+
+    W: np.ndarray
+    inv: np.ndarray
+    gs: list
 
 
 #: size (floats) of one chunk of the dense star x (visit, term) matrix Q
@@ -248,17 +281,49 @@ def _groups(key):
     return first, run
 
 
-def _star_terms(rows: BlockRows):
-    """``D^-1`` (0 for stars without rows) and the star gradients ``g_s`` per component."""
-    D = np.bincount(rows.star, rows.beta ** 2, rows.n_stars)
-    D[rows.ref_star] += rows.ref_w ** 2
-    dinv = np.where(D > 0, 1.0 / np.where(D > 0, D, 1.0), 0.0)
+def _star_derivs(rows: BlockRows):
+    """The rows' derivatives with respect to their star's parameters, (n, s)."""
+    if rows.slots == 1:
+        return rows.beta[:, None]
+    return np.column_stack([rows.beta, rows.beta2])
+
+
+def _star_terms(rows: BlockRows) -> StarTerms:
+    """:class:`StarTerms` of the rows: ``D = sum b b^T`` per star (+ reference and prior
+    rows), its whitening (closed-form Cholesky), the star gradients."""
+    ns, S = rows.n_stars, rows.slots
+    b = _star_derivs(rows)
+    D = np.zeros((ns, S, S))
+    for i in range(S):
+        for j in range(i, S):
+            D[:, i, j] = D[:, j, i] = np.bincount(rows.star, b[:, i] * b[:, j], ns)
+    D[rows.ref_star, 0, 0] += rows.ref_w ** 2
+    if S == 2:
+        D[rows.prior_star, 1, 1] += rows.prior_w ** 2
+    # Cholesky D = L L^T and W = L^-1, in closed form per star. Parameters no row
+    # depends on (stars without rows, motions not fitted) and motions the rows cannot
+    # separate from the position (all at one epoch) get no weight: they do not move.
+    W = np.zeros((ns, S, S))
+    d0 = D[:, 0, 0]
+    ok0 = d0 > 0
+    l11 = np.sqrt(np.where(ok0, d0, 1.0))
+    W[:, 0, 0] = np.where(ok0, 1.0 / l11, 0.0)
+    if S == 2:
+        l21 = np.where(ok0, D[:, 1, 0] / l11, 0.0)
+        l22sq = D[:, 1, 1] - l21 ** 2
+        ok1 = l22sq > 1e-12 * np.maximum(D[:, 1, 1], 1e-300)
+        l22 = np.sqrt(np.where(ok1, l22sq, 1.0))
+        W[:, 1, 1] = np.where(ok1, 1.0 / l22, 0.0)
+        W[:, 1, 0] = np.where(ok1 & ok0, -l21 / (l11 * l22), 0.0)
+    inv = np.einsum("kji,kjl->kil", W, W)
     gs = []
     for c in rows.comps:
-        s = np.bincount(rows.star, rows.beta * c.rho, rows.n_stars)
-        s[rows.ref_star] += rows.ref_w * c.ref_rho
-        gs.append(s)
-    return dinv, gs
+        g = np.stack([np.bincount(rows.star, b[:, i] * c.rho, ns) for i in range(S)], 1)
+        g[rows.ref_star, 0] += rows.ref_w * c.ref_rho
+        if S == 2:
+            g[rows.prior_star, 1] += rows.prior_w * c.prior_rho
+        gs.append(g)
+    return StarTerms(W, inv, gs)
 
 
 def _visit_bounds(rows: BlockRows):
@@ -279,16 +344,18 @@ def _indicator(rows: BlockRows, c: Component):
 
 
 def gradient(rows: BlockRows, n_params: int, fit_stars: bool):
-    """``(g, dinv, gs)``: the model gradient ``J_t^T r`` over all model parameters, with
-    the stars eliminated (``g_t - H_ts D^-1 g_s``) when ``fit_stars``; ``dinv``, ``gs``
-    as :func:`_star_terms` (None without ``fit_stars``)."""
+    """``(g, st)``: the model gradient ``J_t^T r`` over all model parameters, with the
+    stars eliminated (``g_t - H_ts D^-1 g_s``) when ``fit_stars``; ``st`` their
+    :class:`StarTerms` (None without ``fit_stars``)."""
     g = np.zeros(n_params)
-    dinv = gs = None
+    st = None
     rho = [c.rho for c in rows.comps]
     if fit_stars:
-        dinv, gs = _star_terms(rows)
+        st = _star_terms(rows)
+        b = _star_derivs(rows)
         # g - H_ts D^-1 g_s, row by row: the star's gradient folded into the residual
-        rho = [c.rho - rows.beta * (s * dinv)[rows.star] for c, s in zip(rows.comps, gs)]
+        rho = [c.rho - np.einsum("ns,ns->n", b, np.einsum("kst,kt->ks", st.inv, gs)[rows.star])
+               for c, gs in zip(rows.comps, st.gs)]
     for a, b in _visit_bounds(rows):
         Av = rows.A[a:b]
         for c, r in zip(rows.comps, rho):
@@ -296,7 +363,7 @@ def gradient(rows: BlockRows, n_params: int, fit_stars: bool):
     for c, r in zip(rows.comps, rho):
         Z, ifirst = _indicator(rows, c)
         np.add.at(g, c.other_idx[ifirst].ravel(), np.asarray(Z @ r))
-    return g, dinv, gs
+    return g, st
 
 
 def normal_matrix(rows: BlockRows, n_params: int, fit_stars: bool) -> np.ndarray:
@@ -324,7 +391,7 @@ def normal_matrix(rows: BlockRows, n_params: int, fit_stars: bool) -> np.ndarray
         Y = np.asarray(Z @ c.other_val).reshape(n_img, p, p)
         np.add.at(H, (cols_o[:, :, None], cols_o[:, None, :]), Y)
     if fit_stars:
-        _subtract_star_blocks(rows, H, _star_terms(rows)[0])
+        _subtract_star_blocks(rows, H, _star_terms(rows).W)
     return H
 
 
@@ -334,35 +401,51 @@ def normal_equations(rows: BlockRows, n_params: int, fit_stars: bool) -> NormalE
     With ``fit_stars`` the star parameters are eliminated (Schur complement, see the
     module docstring); without, the stars are held fixed.
     """
-    g, dinv, gs = gradient(rows, n_params, fit_stars)
-    return NormalEquations(normal_matrix(rows, n_params, fit_stars), g, dinv, gs)
+    g, st = gradient(rows, n_params, fit_stars)
+    return NormalEquations(normal_matrix(rows, n_params, fit_stars), g, st)
 
 
-def _subtract_star_blocks(rows: BlockRows, H: np.ndarray, dinv: np.ndarray) -> None:
-    """``H -= H_ts D^-1 H_st`` (in place), by chunks of stars."""
-    A, nv, ns = rows.A, rows.n_visits, rows.n_stars
+def _subtract_star_blocks(rows: BlockRows, H: np.ndarray, W: np.ndarray) -> None:
+    """``H -= H_ts D^-1 H_st = (W H_st)^T (W H_st)`` (in place), by chunks of stars.
+
+    Every star contributes one row of ``Q = W H_st`` per parameter slot it has (its
+    position; its motion where fitted), a sum of its measurements' weighted derivatives.
+    """
+    A, nv, ns, S = rows.A, rows.n_visits, rows.n_stars, rows.slots
     n, nt = A.shape
-    sq = np.sqrt(dinv)
-    wrow = rows.beta * sq[rows.star]                    # row weight in D^-1/2 H_st
-    order = np.argsort(rows.star, kind="stable")
-    sstart = np.searchsorted(rows.star[order], np.arange(ns + 1))
+    b = _star_derivs(rows)
+    # (slot row of Q, measurement, weight): slot j of star k is Q row S * k + j
+    qrow, qmeas, qw = [], [], []
+    for j in range(S):
+        w = np.einsum("ns,ns->n", W[rows.star, j, :], b)
+        on = np.nonzero(w)[0] if j else np.arange(n)
+        qrow.append(S * rows.star[on] + j)
+        qmeas.append(on)
+        qw.append(w[on])
+    qrow, qmeas, qw = map(np.concatenate, (qrow, qmeas, qw))
+    order = np.argsort(qrow, kind="stable")
+    qrow, qmeas, qw = qrow[order], qmeas[order], qw[order]
+    nq = S * ns
+    qstart = np.searchsorted(qrow, np.arange(nq + 1))
     # the per-image columns (CCDs) in a compact numbering, per component
     others = []
     for c in rows.comps:
         used, inv = np.unique(c.other_idx, return_inverse=True)
-        Qo = sp.csr_matrix(((c.other_val * wrow[:, None]).ravel(),
-                            (np.repeat(rows.star, c.other_idx.shape[1]), inv.ravel())),
-                           shape=(ns, len(used)))
+        p = c.other_idx.shape[1]
+        inv = inv.reshape(c.other_idx.shape)
+        Qo = sp.csr_matrix(((c.other_val[qmeas] * qw[:, None]).ravel(),
+                            (np.repeat(qrow, p), inv[qmeas].ravel())), shape=(nq, len(used)))
         others.append((used, Qo, np.zeros((len(used), nv * nt))))
     VV = np.zeros((nv * nt, nv * nt), order="F")       # Q^T Q (upper triangle)
     chunk = max(64, _Q_CHUNK // (nv * nt))
-    for k0 in range(0, ns, chunk):
-        k1 = min(ns, k0 + chunk)
-        r = order[sstart[k0]:sstart[k1]]
-        if len(r) == 0:
+    for k0 in range(0, nq, chunk):
+        k1 = min(nq, k0 + chunk)
+        a, e = qstart[k0], qstart[k1]
+        if a == e:
             continue
-        P = sp.csr_matrix((wrow[r], ((rows.star[r] - k0) * nv + rows.visit[r],
-                                     np.arange(len(r)))), shape=((k1 - k0) * nv, len(r)))
+        r = qmeas[a:e]
+        P = sp.csr_matrix((qw[a:e], ((qrow[a:e] - k0) * nv + rows.visit[r],
+                                     np.arange(e - a))), shape=((k1 - k0) * nv, e - a))
         Q = np.asarray(P @ A[r]).reshape(k1 - k0, nv * nt)
         # BLAS syrk: VV += Q^T Q, half the flops of a GEMM (Q.T is a Fortran view)
         VV = dsyrk(1.0, Q.T, beta=1.0, c=VV, trans=0, lower=0, overwrite_c=1)
@@ -383,28 +466,33 @@ def solve_blocks(rows: BlockRows, n_params: int, free: np.ndarray, fit_stars: bo
 
     ``factor``: a factorisation of the (reduced) normal matrix to reuse (see
     :func:`gauss_newton_blocks`); None: assemble and factor this step's. The gradient is
-    always this step's, so a reused factor changes the path, not the solution.
+    always this step's, so a reused factor changes the path, not the solution. The star
+    steps are laid out as the components' ``star_offset`` (and ``motion_offset``) say.
     """
-    ns = rows.n_stars
-    n_star = ns * len(rows.comps) if fit_stars else 0
+    ns, S = rows.n_stars, rows.slots
+    n_star = ns * S * len(rows.comps) if fit_stars else 0
     dt = np.zeros(n_params)
     if free.any():
-        g, dinv, gs = gradient(rows, n_params, fit_stars)
+        g, st = gradient(rows, n_params, fit_stars)
         if factor is None:
             factor = Factor(normal_matrix(rows, n_params, fit_stars), free,
                             [c.visit_cols for c in rows.comps])
         dt = factor.solve(g)
     elif fit_stars:
-        dinv, gs = _star_terms(rows)
+        st = _star_terms(rows)
     ds = np.zeros(n_star)
     if fit_stars:
-        for c, s in zip(rows.comps, gs):
+        b = _star_derivs(rows)
+        for c, gs in zip(rows.comps, st.gs):
             # J_t dt per row: the visit block by visit slices, the CCD columns directly
             jd = (c.other_val * dt[c.other_idx]).sum(axis=1)
-            for a, b in _visit_bounds(rows):
-                jd[a:b] += rows.A[a:b] @ dt[c.visit_cols[rows.visit[a]]]
-            hsd = np.bincount(rows.star, rows.beta * jd, ns)
-            ds[c.star_offset:c.star_offset + ns] = -dinv * (s + hsd)
+            for a, e in _visit_bounds(rows):
+                jd[a:e] += rows.A[a:e] @ dt[c.visit_cols[rows.visit[a]]]
+            hsd = np.stack([np.bincount(rows.star, b[:, i] * jd, ns) for i in range(S)], 1)
+            d = -np.einsum("kst,kt->ks", st.inv, gs + hsd)
+            ds[c.star_offset:c.star_offset + ns] = d[:, 0]
+            if S == 2:
+                ds[c.motion_offset:c.motion_offset + ns] = d[:, 1]
     return dt, ds, factor
 
 
@@ -514,8 +602,9 @@ class AstrometryBlocks:
         k = m.star[o]
         w = 1.0 / m.sigma[o]
         ns = p.n_stars
-        rx = (xi - stars[k] - p.pm_xi[k] * m.dt[o]) * w
-        ry = (eta - stars[ns + k] - p.pm_eta[k] * m.dt[o]) * w
+        pmx, pmy = p.star_motion(stars)  # fitted, from the catalog, or 0
+        rx = (xi - stars[k] - pmx[k] * m.dt[o]) * w
+        ry = (eta - stars[ns + k] - pmy[k] * m.dt[o]) * w
         B *= w[:, None]
         ccd = model.ccd_base + 3 * model.image_ccd[img][:, None] + np.arange(3)
         s = p.ref_star
@@ -523,8 +612,18 @@ class AstrometryBlocks:
                            (stars[s] - p.ref_xi) * self.ref_w),
                  Component(self.cols_xi + model.nt, ccd, dea * w[:, None], ry, ns,
                            (stars[ns + s] - p.ref_eta) * self.ref_w)]
-        return BlockRows(model.image_visit[img], img, B, k, -w, s, self.ref_w, comps,
+        rows = BlockRows(model.image_visit[img], img, B, k, -w, s, self.ref_w, comps,
                          model.n_visits, ns)
+        if p.pm_fit is not None:
+            # star blocks (position, motion) per coordinate: parameters [xi, eta, mu_xi,
+            # mu_eta] x K; a row depends on its star's motion where that is fitted
+            rows.beta2 = np.where(p.pm_fit[k], -w * m.dt[o], 0.0)
+            q = p.pm_prior
+            rows.prior_star, rows.prior_w = q, np.full(len(q), 1.0 / p.pm_sigma)
+            for c, off, cat in zip(comps, (2 * ns, 3 * ns), (p.pm_xi, p.pm_eta)):
+                c.motion_offset = off
+                c.prior_rho = (stars[off + q] - cat[q]) * rows.prior_w
+        return rows
 
 
 class PhotometryBlocks:
@@ -696,17 +795,24 @@ def _staged_fit_blocks(bp, theta, stars, fixed, config, what, dof):
 
 def fit_models_blocks(prep: PreparedFit, amodel, theta, pmodel, config,
                       focal) -> JointcalResult:
-    """:func:`.solver.fit_models` (same problems, start, staging and rejection) with the
-    normal equations assembled in per-image blocks."""
+    """:func:`.solver.fit_models` (same problems, start, proper motions, staging and
+    rejection) with the normal equations assembled in per-image blocks."""
     meas, n_stars, ref_index, refcat = prep.meas, prep.n_stars, prep.ref_index, prep.refcat
     rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
     rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
+    pm_fit = proper_motion_stars(meas, n_stars, config.properMotionMinSpan,
+                                 config.properMotionMinEpochs)
     aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, prep.ref_xi, prep.ref_eta,
-                              rsig, prep.pm_xi, prep.pm_eta)
-    stars = np.concatenate([prep.star_xi, prep.star_eta])
+                              rsig, prep.pm_xi, prep.pm_eta, pm_fit,
+                              config.properMotionRefError / 1000.0)
+    if pm_fit.any():
+        log.info("astrometry: fitting the proper motions of %d of %d stars (visits span "
+                 "%.2f yr)", int(pm_fit.sum()), n_stars, np.ptp(meas.dt))
     m = ref_index >= 0
-    stars[:n_stars][m] = prep.ref_xi[ref_index[m]]
-    stars[n_stars:][m] = prep.ref_eta[ref_index[m]]
+    sx, sy = prep.star_xi.copy(), prep.star_eta.copy()
+    sx[m] = prep.ref_xi[ref_index[m]]
+    sy[m] = prep.ref_eta[ref_index[m]]
+    stars = aprob.initial_stars(sx, sy)
     afit = None
     if config.doAstrometry:
         afit = _staged_fit_blocks(AstrometryBlocks(aprob), theta, stars, amodel.fixed,
@@ -734,7 +840,9 @@ def fit_models_blocks(prep: PreparedFit, amodel, theta, pmodel, config,
         pfit = _staged_fit_blocks(PhotometryBlocks(pprob), ptheta, fluxes, pmodel.fixed,
                                   config, "photometry", 1)
         pactive = pprob.active
+    counts = dict(prep.counts, pm_fittedStars=int(pm_fit.sum()))
     return JointcalResult(prep.images, prep.tangent, amodel, theta, pmodel, ptheta, meas,
-                          stars, fluxes, aprob.active, pactive, ref_index, refcat,
-                          prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets, prep.counts,
-                          prep.dropped, focal)
+                          stars[:2 * n_stars], fluxes, aprob.active, pactive, ref_index,
+                          refcat, prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets,
+                          counts, prep.dropped, focal,
+                          np.concatenate(aprob.star_motion(stars)), pm_fit)
