@@ -196,23 +196,27 @@ def stack_region(imgs, vars_, msks, weights, exptimes, bad_bits, nodata_bit, cli
                 floor2 = 0.0
                 for i in range(n):
                     floor2 += vv[i]
-                floor = math.sqrt(floor2 / n)
+                floor2 /= n
                 center = _median(vals, n, tmp)
                 # the first pass's sigma is at least hypot(floor, ampfrac * center): when
                 # no value is that far out, nothing is clipped whatever the MAD, and the
-                # second sort (the MAD's) is skipped - the case of almost every pixel
+                # second median (the MAD's) is skipped - the case of almost every pixel;
+                # compared in squares (no square root, no libm hypot, per pixel)
                 far = 0.0
                 for i in range(n):
-                    dev[i] = abs(vals[i] - center)
-                    far = max(far, dev[i])
+                    far = max(far, abs(vals[i] - center))
                 nk = n
                 sig = 0.0
-                if far <= nsigma * math.hypot(floor, ampfrac * center):
+                floor = 0.0
+                amp = ampfrac * center
+                if far * far <= nsigma * nsigma * (floor2 + amp * amp):
                     niter_px = 0
                 else:
                     niter_px = niter
-                    sig = math.hypot(max(1.4826 * _median(dev, n, tmp), floor),
-                                     ampfrac * center)
+                    floor = math.sqrt(floor2)
+                    for i in range(n):
+                        dev[i] = abs(vals[i] - center)
+                    sig = math.hypot(max(1.4826 * _median(dev, n, tmp), floor), amp)
                 for it in range(niter_px):
                     nclip = 0
                     for i in range(n):
