@@ -140,14 +140,8 @@ def test_photometry_blocks_equal_dense_normal_equations(tiny):
     _check(prob, ms.PhotometryBlocks(prob), theta, fluxes, pm.n_params, n, ~pm.fixed)
 
 
-def test_blocks_and_sparse_assembly_fit_alike(tiny):
-    """The whole fit through jointcal's generic sparse fitter lands on the same WCSs and
-    calibrations (to far below their errors) as the block assembly."""
-    det, images, ref, truth = tiny["data"]
-    cfg = MosaicConfig(fittingOrder=3, fluxFitOrder=2)
-    a = tiny["res"]
-    b = ms.fit_mosaic(det, images, ref, cfg, assembly="sparse")
-    assert np.array_equal(a.astro_active, b.astro_active)
+def _worst_differences(a, b):
+    """Largest WCS (mas) and calibration (mmag) differences of two fits."""
     worst_mas = worst_mmag = 0.0
     for g, im in enumerate(a.images):
         x, y = np.meshgrid(np.linspace(0, im.nx - 1, 6), np.linspace(0, im.ny - 1, 6))
@@ -157,9 +151,37 @@ def test_blocks_and_sparse_assembly_fit_alike(tiny):
         worst_mas = max(worst_mas, sep.max())
         dm = 2.5e3 * np.log10(a.calibration(g, x, y) / b.calibration(g, x, y))
         worst_mmag = max(worst_mmag, np.abs(dm).max())
+    return worst_mas, worst_mmag
+
+
+def test_blocks_and_sparse_assembly_fit_alike(tiny):
+    """The whole fit through jointcal's generic sparse fitter lands on the same WCSs and
+    calibrations (to far below their errors) as the block assembly."""
+    det, images, ref, truth = tiny["data"]
+    cfg = MosaicConfig(fittingOrder=3, fluxFitOrder=2)
+    a = tiny["res"]
+    b = ms.fit_mosaic(det, images, ref, cfg, assembly="sparse")
+    assert np.array_equal(a.astro_active, b.astro_active)
+    assert a.astro_fit.ndof == b.astro_fit.ndof and a.photo_fit.ndof == b.photo_fit.ndof
+    worst_mas, worst_mmag = _worst_differences(a, b)
     assert worst_mas < 0.01 and worst_mmag < 0.01
     with pytest.raises(ValueError, match="assembly"):
         ms.fit_mosaic(det, images, ref, cfg, assembly="dense")
+
+
+def test_blocks_and_sparse_fit_alike_with_proper_motions():
+    """Visits over 1.6 years: both assemblies fit the same proper motions and WCSs."""
+    det, images, ref, truth = make_synthetic(n_visits=6, ccd_grid=(3, 2), stars_per_ccd=150,
+                                             seed=5, visit_spacing_days=120)
+    cfg = MosaicConfig(fittingOrder=3, fluxFitOrder=2)
+    a = ms.fit_mosaic(det, images, ref, cfg)
+    b = ms.fit_mosaic(det, images, ref, cfg, assembly="sparse")
+    assert a.counts["pm_fittedStars"] == b.counts["pm_fittedStars"] > 500
+    assert a.astro_fit.chi2 == pytest.approx(b.astro_fit.chi2, rel=1e-9)
+    assert a.astro_fit.ndof == b.astro_fit.ndof
+    assert np.abs(a.stars_pm - b.stars_pm).max() < 1e-6  # arcsec/yr
+    worst_mas, worst_mmag = _worst_differences(a, b)
+    assert worst_mas < 0.01 and worst_mmag < 0.01
 
 
 def test_series_kernel_equals_numpy():

@@ -49,6 +49,7 @@ from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
 from .problems import AstrometryProblem, PhotometryProblem
 from .solver import (_CHI2_MEDIAN, JointcalResult, PreparedFit, _worst_per_star,
                      fit_models, prepare_fit, proper_motion_stars, reference_ccd)
+from . import solver as _solver
 from .threads import single_blas_thread
 
 log = logging.getLogger("mosaic")
@@ -264,6 +265,7 @@ class StarTerms:
     W: np.ndarray
     inv: np.ndarray
     gs: list
+    n_used: int = 0  # star parameters (over all components) that some row depends on
 
 
 #: size (floats) of one chunk of the dense star x (visit, term) matrix Q
@@ -316,6 +318,7 @@ def _star_terms(rows: BlockRows) -> StarTerms:
         W[:, 1, 1] = np.where(ok1, 1.0 / l22, 0.0)
         W[:, 1, 0] = np.where(ok1 & ok0, -l21 / (l11 * l22), 0.0)
     inv = np.einsum("kji,kjl->kil", W, W)
+    n_used = int(np.count_nonzero(np.diagonal(D, axis1=1, axis2=2) > 0)) * len(rows.comps)
     gs = []
     for c in rows.comps:
         g = np.stack([np.bincount(rows.star, b[:, i] * c.rho, ns) for i in range(S)], 1)
@@ -323,7 +326,7 @@ def _star_terms(rows: BlockRows) -> StarTerms:
         if S == 2:
             g[rows.prior_star, 1] += rows.prior_w * c.prior_rho
         gs.append(g)
-    return StarTerms(W, inv, gs)
+    return StarTerms(W, inv, gs, n_used)
 
 
 def _visit_bounds(rows: BlockRows):
@@ -485,9 +488,11 @@ def solve_blocks(rows: BlockRows, n_params: int, free: np.ndarray, fit_stars: bo
         b = _star_derivs(rows)
         for c, gs in zip(rows.comps, st.gs):
             # J_t dt per row: the visit block by visit slices, the CCD columns directly
-            jd = (c.other_val * dt[c.other_idx]).sum(axis=1)
-            for a, e in _visit_bounds(rows):
-                jd[a:e] += rows.A[a:e] @ dt[c.visit_cols[rows.visit[a]]]
+            jd = np.zeros(len(rows.star))
+            if free.any():
+                jd = (c.other_val * dt[c.other_idx]).sum(axis=1)
+                for a, e in _visit_bounds(rows):
+                    jd[a:e] += rows.A[a:e] @ dt[c.visit_cols[rows.visit[a]]]
             hsd = np.stack([np.bincount(rows.star, b[:, i] * jd, ns) for i in range(S)], 1)
             d = -np.einsum("kst,kt->ks", st.inv, gs + hsd)
             ds[c.star_offset:c.star_offset + ns] = d[:, 0]
@@ -594,11 +599,17 @@ class AstrometryBlocks:
     def __getattr__(self, name):  # active, chi2, measurement_chi2, ...: the problem's
         return getattr(self.problem, name)
 
-    def block_rows(self, theta, stars) -> BlockRows:
+    def block_rows(self, theta, stars, derivatives: bool = True) -> BlockRows:
+        """The active rows at ``(theta, stars)``; without ``derivatives`` only what the
+        star parameters need (the model held fixed)."""
         p, m, model = self.problem, self.meas, self.model
         o = self.order[p.active[self.order]]
         img = m.img[o]
-        xi, eta, B, dxa, dea = model.block_derivatives(theta, img, m.u[o], m.v[o])
+        if derivatives:
+            xi, eta, B, dxa, dea = model.block_derivatives(theta, img, m.u[o], m.v[o])
+        else:
+            xi, eta = model.evaluate(theta, img, m.u[o], m.v[o])
+            B, dxa, dea = np.zeros((len(o), 0)), np.zeros((len(o), 0)), np.zeros((len(o), 0))
         k = m.star[o]
         w = 1.0 / m.sigma[o]
         ns = p.n_stars
@@ -606,7 +617,7 @@ class AstrometryBlocks:
         rx = (xi - stars[k] - pmx[k] * m.dt[o]) * w
         ry = (eta - stars[ns + k] - pmy[k] * m.dt[o]) * w
         B *= w[:, None]
-        ccd = model.ccd_base + 3 * model.image_ccd[img][:, None] + np.arange(3)
+        ccd = model.ccd_base + 3 * model.image_ccd[img][:, None] + np.arange(dxa.shape[1])
         s = p.ref_star
         comps = [Component(self.cols_xi, ccd, dxa * w[:, None], rx, 0,
                            (stars[s] - p.ref_xi) * self.ref_w),
@@ -682,7 +693,9 @@ class PhotometryBlocks:
         c += (((stars[p.ref_star] - p.ref_flux) / p.ref_err) ** 2).sum()
         return float(c)
 
-    def block_rows(self, theta, stars) -> BlockRows:
+    def block_rows(self, theta, stars, derivatives: bool = True) -> BlockRows:
+        """The active rows at ``(theta, stars)``; without ``derivatives`` only what the
+        star parameters need (the model held fixed)."""
         p, m, model = self.problem, self.meas, self.model
         sel = np.nonzero(p.active[self.order])[0]
         o = self.order[sel]
@@ -691,10 +704,15 @@ class PhotometryBlocks:
         k = m.star[o]
         pred = stars[k] / calib
         scale = pred / calib * w              # d(flux - pred) / d calib, weighted
-        A = self.B[sel]
-        A *= (kc * scale)[:, None]
+        if derivatives:
+            A = self.B[sel]
+            A *= (kc * scale)[:, None]
+            ccd, dccd = self.ccd_col[sel][:, None], (T * scale)[:, None]
+        else:
+            A, ccd, dccd = (np.zeros((len(sel), 0)), np.zeros((len(sel), 0), int),
+                            np.zeros((len(sel), 0)))
         s = p.ref_star
-        comp = Component(self.cols, self.ccd_col[sel][:, None], (T * scale)[:, None],
+        comp = Component(self.cols, ccd, dccd,
                          (m.flux[o] - pred) * w, 0, (stars[s] - p.ref_flux) * self.ref_w)
         return BlockRows(self.vis[sel], self.img[sel], A, k, -w / calib, s, self.ref_w,
                          [comp], model.n_visits, p.n_star)
@@ -723,8 +741,10 @@ def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter:
         cache = bp.__dict__.setdefault("factors", {})
         if not (fit_stars and bp.reuse_factor):
             cache.pop(key, None)
-        rows = bp.block_rows(theta, stars)
+        rows = bp.block_rows(theta, stars, n_free > 0)
         chi2, n_rows = rows.chi2, rows.n_rows
+        # degrees of freedom: star parameters that some row depends on (as the fitter)
+        n_star_used = _star_terms(rows).n_used if n_star else 0
         converged = False
         it = 0
         while it < max_iter:
@@ -762,13 +782,17 @@ def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter:
                 converged = True
                 break
             if it < max_iter:
-                rows = bp.block_rows(theta, stars)
-    return FitResult(chi2, int(n_rows - n_free - n_star), it, converged)
+                rows = bp.block_rows(theta, stars, n_free > 0)
+    return FitResult(chi2, int(n_rows - n_free - n_star_used), it, converged)
 
 
 def _staged_fit_blocks(bp, theta, stars, fixed, config, what, dof):
     """:func:`.solver._staged_fit` on the block assembly: model with stars fixed, stars
-    with the model fixed, then everything with robust outlier rejection."""
+    with the model fixed, then everything with robust outlier rejection (ending, as
+    there, when the candidates are only the noise tail; a round rejecting only a few
+    refits the stars alone) -- where the solver module provides those rules."""
+    noise_tail = getattr(_solver, "_noise_tail", None)
+    few = getattr(_solver, "FEW_OUTLIERS", 0.0)
     free = ~fixed
     kw = dict(max_iter=config.maxIterations, tol=config.convergenceTolerance)
     start = dict(kw, max_iter=min(2, config.maxIterations))  # a start, not a solution
@@ -777,16 +801,23 @@ def _staged_fit_blocks(bp, theta, stars, fixed, config, what, dof):
     fit = gauss_newton_blocks(bp, theta, stars, free, True, **kw)
     for rnd in range(config.maxOutlierRounds):
         chi2 = bp.measurement_chi2(theta, stars)
+        # robust scale: the median chi2 over its expectation
         s2 = max(1.0, float(np.median(chi2[bp.active])) / _CHI2_MEDIAN[dof])
         bad = _worst_per_star(bp.meas.star,
                               bp.active & (chi2 > config.outlierRejectSigma ** 2 * s2), chi2)
-        if not bad.any():
+        if not bad.any() or (noise_tail is not None and noise_tail(
+                bad, chi2 / s2, int(bp.active.sum()), config.outlierRejectSigma, dof)):
             break
         bp.problem.active &= ~bad
-        log.info("%s: rejected %d outliers (round %d)", what, int(bad.sum()), rnd + 1)
+        n_bad = int(bad.sum())
+        log.info("%s: rejected %d outliers (round %d)", what, n_bad, rnd + 1)
         if hasattr(bp.problem, "set_sigma"):
             bp.problem.set_sigma(theta)
-        fit = gauss_newton_blocks(bp, theta, stars, free, True, **kw)
+        if n_bad <= few * bp.active.sum():
+            sfit = gauss_newton_blocks(bp, theta, stars, np.zeros_like(free), True, **start)
+            fit = FitResult(sfit.chi2, fit.ndof - dof * n_bad, fit.n_iter, fit.converged)
+        else:
+            fit = gauss_newton_blocks(bp, theta, stars, free, True, **kw)
     log.info("%s: chi2/ndof = %.6g / %d = %.3f after %d iterations%s", what, fit.chi2,
              fit.ndof, fit.chi2 / max(fit.ndof, 1), fit.n_iter,
              "" if fit.converged else " (not converged)")
