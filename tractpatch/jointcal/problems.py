@@ -90,7 +90,24 @@ class AstrometryProblem:
         return sel, rx, ry, (ix, dx, ie, de)
 
     def rows(self, theta, stars) -> Rows:
-        sel, rx, ry, (ix, dx, ie, de) = self.residuals(theta, stars)
+        return self._rows(theta, stars, *self.residuals(theta, stars))
+
+    def star_rows(self, theta, stars) -> Rows:
+        """Rows without model derivatives, for a fit of the stars alone (the model's
+        derivatives are most of the cost of :meth:`rows`)."""
+        m = self.meas
+        sel = np.nonzero(self.active)[0]
+        xi, eta = self.model.evaluate(theta, m.img[sel], m.u[sel], m.v[sel])
+        k = m.star[sel]
+        pmx, pmy = self.star_motion(stars)
+        rx = xi - stars[k] - pmx[k] * m.dt[sel]
+        ry = eta - stars[self.n_stars + k] - pmy[k] * m.dt[sel]
+        none = np.full((len(sel), 1), -1)
+        zero = np.zeros((len(sel), 1))
+        return self._rows(theta, stars, sel, rx, ry, (none, zero, none, zero))
+
+    def _rows(self, theta, stars, sel, rx, ry, derivs) -> Rows:
+        ix, dx, ie, de = derivs
         w = 1.0 / self.meas.sigma[sel]
         k = self.meas.star[sel]
         K = self.n_stars
@@ -101,11 +118,11 @@ class AstrometryProblem:
             # each coordinate row depends on the star's position and its motion along
             # that axis (only where the motion is a parameter of that star)
             fit = self.pm_fit[k]
-            wdt = -w * self.meas.dt[sel]
-            meas_x = Rows(ix, dx * w[:, None], np.column_stack([k, np.where(fit, 2 * K + k, -1)]),
-                          np.column_stack([-w, np.where(fit, wdt, 0.0)]), rx * w)
-            meas_y = Rows(ie, de * w[:, None], np.column_stack([K + k, np.where(fit, 3 * K + k, -1)]),
-                          np.column_stack([-w, np.where(fit, wdt, 0.0)]), ry * w)
+            sval = np.column_stack([-w, np.where(fit, -w * self.meas.dt[sel], 0.0)])
+            meas_x = Rows(ix, dx * w[:, None],
+                          np.column_stack([k, np.where(fit, 2 * K + k, -1)]), sval, rx * w)
+            col_y = np.column_stack([K + k, np.where(fit, 3 * K + k, -1)])
+            meas_y = Rows(ie, de * w[:, None], col_y, sval, ry * w)
         s = self.ref_star
         wr = 1.0 / self.ref_sigma
         none = np.full((len(s), 1), -1)
@@ -118,8 +135,9 @@ class AstrometryProblem:
             wp = np.full(len(p), 1.0 / self.pm_sigma)
             none = np.full((len(p), 1), -1)
             zero = np.zeros((len(p), 1))
-            parts += [Rows(none, zero, 2 * K + p, wp, (stars[2 * K + p] - self.pm_xi[p]) * wp),
-                      Rows(none, zero, 3 * K + p, wp, (stars[3 * K + p] - self.pm_eta[p]) * wp)]
+            parts += [
+                Rows(none, zero, 2 * K + p, wp, (stars[2 * K + p] - self.pm_xi[p]) * wp),
+                Rows(none, zero, 3 * K + p, wp, (stars[3 * K + p] - self.pm_eta[p]) * wp)]
         return Rows.concatenate(parts)
 
     def measurement_chi2(self, theta, stars):
