@@ -305,3 +305,14 @@ def test_sparse_step_with_each_backend_equals_least_squares(backend):
         dt, ds = solve_step(rows, np.arange(n_par), n_par, n_star, dense_limit=1)
     np.testing.assert_allclose(dt, dense_dt, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ds, dense_ds, rtol=1e-9, atol=1e-12)
+
+
+def test_use_backend_refuses_cholmod_when_missing(monkeypatch):
+    monkeypatch.setattr(cholesky, "cholmod_available", lambda: False)
+    with pytest.raises(ValueError, match="scikit-sparse is not installed"):
+        with cholesky.use_backend("cholmod"):
+            pass
+    with cholesky.use_backend("auto"):  # the fallback: SuperLU for sparse systems
+        H, x, b = _spd(80)
+        np.testing.assert_allclose(cholesky.solve(H, b), x, rtol=1e-8)
+        assert cholesky.resolve_backend(None, sparse=True) == "scipy"

@@ -54,7 +54,10 @@ def use_backend(name: str):
     ValueError
         Unknown name, or ``cholmod`` when scikit-sparse is not installed.
     """
-    resolve_backend(name, sparse=True)  # fail before the block, not inside the fit
+    # fail before the block, not inside the fit; "auto" imports scikit-sparse only when
+    # a sparse system is factored (the small, dense systems never need it)
+    if name != "auto":
+        resolve_backend(name, sparse=True)
     old = _state["backend"]
     _state["backend"] = name
     try:
