@@ -176,3 +176,21 @@ def test_long_baseline_accuracy_and_short_baseline_untouched(long_baseline):
                                          seed=5)
     short = fit_jointcal(det, images, ref, JointcalConfig(doPhotometry=False))
     assert short.counts["pm_fittedStars"] == 0 and not short.pm_fitted.any()
+
+
+def test_rejection_stops_at_the_gaussian_tail():
+    from tractpatch.jointcal.solver import _noise_tail
+
+    # 1e6 good 2-d measurements: exp(-25/2) * 1e6 = 3.73 beyond 5 sigma by noise alone,
+    # so up to 3.73 + 3 sqrt(3.73) + 1 = 10.5 candidates are no evidence of outliers
+    chi2 = np.full(1_000_000, 30.0)
+    bad = np.zeros(chi2.size, bool)
+    bad[:10] = True
+    assert _noise_tail(bad, chi2, chi2.size, 5.0, 2)
+    bad[10] = True
+    assert not _noise_tail(bad, chi2, chi2.size, 5.0, 2)
+    # one gross (> 10 sigma) outlier is always rejected
+    bad[:] = False
+    bad[0] = True
+    chi2[0] = 101.0
+    assert not _noise_tail(bad, chi2, chi2.size, 5.0, 2)

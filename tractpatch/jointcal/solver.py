@@ -479,12 +479,13 @@ FEW_OUTLIERS = 1e-4
 
 def _noise_tail(bad, chi2, n_active, n_sigma, dof) -> bool:
     """Whether the candidate outliers ``bad`` are just the Gaussian tail of good
-    measurements: no more than ``n_active`` measurements put beyond ``n_sigma`` by noise
-    alone (Poisson mean + 3 sigma + 1), and none beyond ``2 n_sigma``.
+    measurements: no more of them than noise alone puts beyond ``n_sigma`` among
+    ``n_active`` good ones (Poisson mean + 3 sigma + 1), and none beyond ``2 n_sigma``.
 
     At 5 sigma a million good 2-d measurements leave ~4 beyond the cut in every round:
-    without this test each of them costs another full refit (a minute at HSC scale) for a
-    change far below the noise, and the rounds never end by themselves.
+    without this test each round finds a few more, and each costs another full refit
+    (tens of seconds at HSC scale) for a change far below the noise, up to
+    ``maxOutlierRounds``.
     """
     lam = n_active * float(scipy.special.chdtrc(dof, n_sigma ** 2))
     return (bad.sum() <= lam + 3 * np.sqrt(lam) + 1
