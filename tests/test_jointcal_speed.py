@@ -316,3 +316,54 @@ def test_use_backend_refuses_cholmod_when_missing(monkeypatch):
         H, x, b = _spd(80)
         np.testing.assert_allclose(cholesky.solve(H, b), x, rtol=1e-8)
         assert cholesky.resolve_backend(None, sparse=True) == "scipy"
+
+
+# ------------------------------------------------------ SRC headers read directly
+import tractpatch.jointcal.inputs as inputs  # noqa: E402
+
+
+def _both_paths(path, monkeypatch):
+    fast = inputs.read_src(path)
+    with monkeypatch.context() as m:
+        m.setattr(inputs, "_read_src_direct", lambda p: None)
+        slow = inputs.read_src(path)
+    return fast, slow
+
+
+def test_direct_src_reading_equals_astropy(tmp_path, monkeypatch):
+    """A SIP WCS, a quoted string and a comment: the directly split header gives the
+    same detections, CCD image and WCS as astropy's reading."""
+    path = _src(tmp_path / "SRC.fits")
+    with fits.open(path, mode="update") as hdul:
+        h = hdul[1].header
+        h["CTYPE1"], h["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+        h.update({"A_ORDER": 2, "B_ORDER": 2, "A_2_0": 1e-6, "B_0_2": -2e-6,
+                  "OBJECT": ("it''s M17", "a quote"), "FILTER": ("HSC-R", "band")})
+    assert inputs._read_src_direct(path) is not None
+    (d1, im1), (d2, im2) = _both_paths(path, monkeypatch)
+    for f in ("visit", "ccd", "x", "y", "x_err", "y_err", "flux", "flux_err"):
+        np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f))
+    assert d1.x.tolist() == [10.0, 50.0]
+    assert (im1.visit, im1.ccd, im1.nx, im1.ny, im1.mjd, im1.filter) == \
+        (im2.visit, im2.ccd, im2.nx, im2.ny, im2.mjd, im2.filter) == \
+        (12, 3, 2048, 4176, 58800.5, "HSC-R")
+    x, y = np.array([0.0, 2047.0]), np.array([0.0, 4175.0])
+    np.testing.assert_array_equal(im1.wcs.all_pix2world(x, y, 0),
+                                  im2.wcs.all_pix2world(x, y, 0))
+    # the SIP terms are applied: the corner is off the pure TAN position
+    assert im1.wcs.sip is not None and im1.wcs.sip.a[2, 0] == 1e-6
+
+
+def test_unusual_src_layouts_go_through_astropy(tmp_path):
+    # SOURCES as the second extension, then a truncated file: astropy reads / refuses
+    path = _src(tmp_path / "SRC.fits")
+    with fits.open(path) as hdul:
+        other = fits.ImageHDU(np.zeros((2, 2)), name="OTHER")
+        fits.HDUList([hdul[0].copy(), other, hdul[1].copy()]).writeto(tmp_path / "b.fits")
+    assert inputs._read_src_direct(tmp_path / "b.fits") is None
+    det, im = inputs.read_src(tmp_path / "b.fits")
+    assert det.x.tolist() == [10.0, 50.0] and im.visit == 12
+    data = path.read_bytes()
+    (tmp_path / "t.fits").write_bytes(data[:len(data) - 2880])
+    with pytest.raises(UserError, match=r"t\.fits: not a readable SRC catalog"):
+        inputs.read_src(tmp_path / "t.fits")
