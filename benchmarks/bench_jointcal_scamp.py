@@ -698,7 +698,7 @@ def print_fit_times(fit_times: dict, meta: dict) -> dict:
               f"{fmt(m['sc_wall']):>7s} {fmt(m['sc_cpu']):>7s}   {fmt(r['wall']):>7s} "
               f"{fmt(r['cpu']):>7s} {fmt(r['fit']):>7s} {fmt(r['fit_cpu']):>7s}")
     print("  jointcal.py wall/CPU: the whole command (Python start-up and imports, about "
-          "1 s of CPU, reading the\n  SRC catalogs and reference catalog, the fit, "
+          "1.2 s of CPU, reading the\n  SRC catalogs and reference catalog, the fit, "
           "writing 2 files per CCD + metrics, durable);\n  'fit': the in-process solve "
           "alone (its log's timing line). scamp: the whole command (reading the\n  LDAC "
           "catalogs and the FITS-LDAC reference file, the fit, writing the .head files;"
