@@ -267,8 +267,11 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
     mp = exp.mask_planes
     image = np.asarray(exp.image, dtype=np.float32)
     var = np.asarray(exp.variance, dtype=np.float32)
-    bad = ((exp.mask & mp.bitmask(*config.bad_planes)) != 0) | ~np.isfinite(image) \
-        | ~np.isfinite(var) | ~(var > 0)
+    # in place: each CCD-sized temporary costs page faults
+    bad = (exp.mask & mp.bitmask(*config.bad_planes)) != 0
+    bad |= ~np.isfinite(image)
+    bad |= ~(var > 0)  # NaN compares False; +inf is caught below
+    bad |= np.isinf(var)
     if bad.all():
         raise DataQualityError(f"{label}: no usable pixels (all masked, NaN or zero "
                                "weight); the CCD is left out")
@@ -312,7 +315,8 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
                                                           config.background_mask_scale),
                                        config.background_box, config.background_filter)
             if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
-                return bkg2, bkg2.subtract(image, bad if planes.any_bad else None)
+                # into the first pass's buffer: the detections no longer need it
+                return bkg2, bkg2.subtract(image, bad if planes.any_bad else None, out=data)
             return None
         second = pool.submit(sky2)
     masks = _growth_masks(planes, exp.mask_planes, objs, segmap)
