@@ -28,7 +28,6 @@ from ..atomic import write_fits_atomic
 from ..cli import CmdLineTask
 from ..errors import DataQualityError, UserError
 from ..image import read_exposure, wcs_to_header
-from ..image.photocalib import AB_FLUX_NJY
 from .assemble import CoaddResult, coadd_patch
 from .config import CoaddDriverConfig
 
