@@ -24,7 +24,7 @@ position error of isolated S/N > 20 stars against the truth, and the pull width.
 last line is a one-line verdict with the ratios (``>1`` means detectSources is faster).
 
 Usage: .venv/bin/python benchmarks/bench_detect.py [--nx 2048] [--ny 4176]
-       [--nstars 3000] [--repeat 3] [--nccd 8]
+       [--nstars 3000] [--repeat 3] [--nccd 8] [--threads N]
 """
 from __future__ import annotations
 
@@ -147,10 +147,11 @@ def run_sextractor(exe, d: Path, image: Path, weight: Path, flag: Path, tag="sex
     return wall, cpu, out
 
 
-def run_ours_inprocess(d: Path, mef: Path):
+def run_ours_inprocess(d: Path, mef: Path, threads=None):
     c0, t0 = time.process_time(), time.perf_counter()
     exp = read_exposure(mef)
-    res = measure_exposure(exp, DetectSourcesConfig())
+    res = measure_exposure(exp, DetectSourcesConfig(**({"threads": threads} if threads
+                                                       else {})))
     write_src(d / "SRC-bench.fits", res.table, {"VISIT": 1}, exp.wcs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     t = res.table
@@ -159,9 +160,11 @@ def run_ours_inprocess(d: Path, mef: Path):
                              "flux_err": t["flux_ap_12_err"]})
 
 
-def run_ours_cli(root: Path, rerun: str, ids: list[str]):
+def run_ours_cli(root: Path, rerun: str, ids: list[str], threads=None):
+    cfg = ["--config", f"threads={threads}"] if threads else []
     return _timed([sys.executable, str(REPO / "bin/detectSources.py"), str(root),
-                   "--rerun", rerun, "--id", *ids, "--no-progress"], capture_output=True)
+                   "--rerun", rerun, "--id", *ids, *cfg, "--no-progress"],
+                  capture_output=True)
 
 
 def accuracy(cat: Table, truth: Table, snr_min=20.0):
@@ -197,6 +200,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--nccd", type=int, default=8, help="CCDs of the multi-CCD run "
                    "(1: single-CCD runs only)")
+    p.add_argument("--threads", type=int, default=None, help="detectSources config "
+                   "threads (default: the config's default)")
     args = p.parse_args(argv)
     exe = ensure_sextractor()
     load0 = os.getloadavg()
@@ -223,15 +228,15 @@ def main(argv=None):
             wall, cpu, sex_cat = run_sextractor(exe, d, d / "image.fits", d / "var.fits",
                                                 d / "flag.fits")
             sex.append((wall, cpu))
-            wall, cpu, ours = run_ours_inprocess(d, mefs[0])
+            wall, cpu, ours = run_ours_inprocess(d, mefs[0], args.threads)
             inp.append((wall, cpu))
-            cli1.append(run_ours_cli(root, f"one{k}", ["visit=1", "ccd=0"]))
+            cli1.append(run_ours_cli(root, f"one{k}", ["visit=1", "ccd=0"], args.threads))
             if args.nccd > 1:
                 runs = [run_sextractor(exe, d, d / "image.fits", d / "var.fits",
                                        d / "flag.fits", tag=f"sex{j}")[:2]
                         for j in range(args.nccd)]
                 sexn.append(tuple(sum(r[i] for r in runs) / args.nccd for i in (0, 1)))
-                wall, cpu = run_ours_cli(root, f"all{k}", ["visit=1"])
+                wall, cpu = run_ours_cli(root, f"all{k}", ["visit=1"], args.threads)
                 clin.append((wall / args.nccd, cpu / args.nccd))
         a_sex, a_ours = accuracy(sex_cat, truth), accuracy(ours, truth)
     load1 = os.getloadavg()
@@ -240,8 +245,10 @@ def main(argv=None):
         return med([t[0] for t in v]), med([t[1] for t in v])
 
     s_w, s_c = mw(sex)
+    threads = args.threads or DetectSourcesConfig().threads
     print(f"CCD {args.nx}x{args.ny}, {args.nstars} sources (10% extended), Moffat "
-          f"beta={BETA} FWHM={FWHM} px; median of {args.repeat}; load average "
+          f"beta={BETA} FWHM={FWHM} px; detectSources threads={threads}; "
+          f"median of {args.repeat}; load average "
           f"{load0[0]:.2f} -> {load1[0]:.2f} (1 min), {os.cpu_count()} CPUs")
     print(f"  {'':34s} {'wall s':>7s} {'CPU s':>7s}  SExtractor/ours: wall  CPU")
     print(f"  {'source-extractor (1 thread)':34s} {s_w:7.2f} {s_c:7.2f}  detected "
