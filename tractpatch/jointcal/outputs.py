@@ -6,7 +6,8 @@ the model's intermediate coordinates (tangent plane at CRVAL), inverse ``AP/BP``
 The SIP order is raised until the SIP polynomial (evaluated with numpy; all orders come
 from one QR factorisation per CCD size) reproduces the model within ``tolerance_mas``
 everywhere on a finer check grid; the written WCS is then verified once through
-astropy.wcs (wcslib's parser of the written text, ``Wcsprm``) and that maximum deviation is recorded in ``JCWCSRES`` (mas).
+astropy.wcs (wcslib's parser of the written text, ``Wcsprm``) and that maximum
+deviation is recorded in ``JCWCSRES`` (mas).
 
 TPV (config ``wcsFormat=tpv``, SCAMP's form): the same tangent-plane offsets as a
 polynomial of order 3..7 (the lowest within the tolerance) in the intermediate
