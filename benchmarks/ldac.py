@@ -52,3 +52,34 @@ def read_head_file(path) -> list[fits.Header]:
         elif line.strip():
             cards.append(line)
     return blocks
+
+
+def write_ldac_padded(path, blocks: list[tuple[fits.Header, Table]]) -> None:
+    """:func:`write_ldac`, then the image-header cells made blank-padded as LDAC wants.
+
+    astropy strips the trailing blanks of string cells and pads them with NULs (through
+    ``fits.Column`` and through structured arrays alike): in :func:`write_ldac` each
+    card that ends in blanks is shifted, and SCAMP 2.10 crashes (segmentation fault at
+    "Examining Catalog") on the NULs. Here each header is stored as one string (only
+    the blanks after ``END`` are lost), and the NULs of those cells are then replaced
+    by blanks in the written file."""
+    hdus = [fits.PrimaryHDU()]
+    for header, table in blocks:
+        text = header.tostring(endcard=True, padding=False)
+        ncards = len(text) // 80
+        col = fits.Column(name="Field Header Card", format=f"{80 * ncards}A",
+                          array=np.array([text.encode("ascii")]))
+        head = fits.BinTableHDU.from_columns([col])
+        head.header.insert("TFORM1", ("TDIM1", f"(80, {ncards})"), after=True)
+        head.header["EXTNAME"] = "LDAC_IMHEAD"
+        hdus += [head, objects_hdu(table)]
+    fits.HDUList(hdus).writeto(Path(path), overwrite=True)
+    with fits.open(path) as h:
+        cells = [(h.fileinfo(i)["datLoc"], int(h[i].header["NAXIS1"]))
+                 for i in range(1, len(h), 2)]
+    with open(path, "r+b") as f:
+        for loc, n in cells:
+            f.seek(loc)
+            cell = f.read(n)
+            f.seek(loc)
+            f.write(cell.replace(b"\0", b" "))
