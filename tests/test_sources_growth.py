@@ -108,3 +108,40 @@ def test_fallback_with_few_stars_is_flagged():
         1 / moffat_enclosed(12.0, moffat_alpha(res.psf_fwhm_pix, 3.0), 3.0))
     none = measure_exposure(exp, DetectSourcesConfig(fallback_beta=None)).growth
     assert none.method == "fallback-fwhm" and none.apcorr_inf == 1.0
+
+
+@pytest.mark.parametrize("fwhm,beta", [(3.0, 2.5), (5.0, 3.0), (8.0, 4.5)])
+def test_fit_curve_recovers_moffat_and_matches_scipy(fwhm, beta):
+    """The numpy Levenberg-Marquardt fit recovers a noiseless growth curve's alpha, beta
+    and, on a noisy one, reaches scipy's least_squares minimum."""
+    from scipy.optimize import least_squares
+
+    from tractpatch.sources.growth import _fit_curve
+
+    alpha = float(moffat_alpha(fwhm, beta))
+    r_out = min(max(3 * fwhm, 15.0), 40.0)
+    r1, r2 = r_out + 2.0, r_out + 2.0 + max(6.0, fwhm)
+    radii = np.unique(np.r_[np.linspace(fwhm, r_out, 12), [12.0]])
+    k = int(np.flatnonzero(radii == 12.0)[0])
+
+    def model(r, a, b):
+        return local_sky_curve(r, a, b, r1, r2)
+
+    a0 = float(moffat_alpha(fwhm, 3.0))
+    lo, hi = [0.05 * a0, 1.05], [50 * a0, 200.0]
+    exact = model(radii, alpha, beta) / model(12.0, alpha, beta)
+    sigma = np.full(radii.size, 5e-4)
+    p = _fit_curve(radii, exact, sigma, k, model, [a0, 3.0], lo, hi)
+    assert p == pytest.approx([alpha, beta], rel=1e-5)
+    noisy = exact + np.random.default_rng(7).normal(0, 2e-3, radii.size)
+
+    def resid(q):
+        g = model(radii, *q)
+        return (g / g[k] - noisy) / sigma
+
+    ref = least_squares(resid, [a0, 3.0], bounds=(lo, hi), x_scale=[a0, 3.0]).x
+    ours = _fit_curve(radii, noisy, sigma, k, model, [a0, 3.0], lo, hi)
+    # same minimum: equal cost and equal enclosed fraction at r = 12 (the correction)
+    assert np.sum(resid(ours) ** 2) <= np.sum(resid(ref) ** 2) * (1 + 1e-8)
+    assert moffat_enclosed(12.0, *ours) == pytest.approx(moffat_enclosed(12.0, *ref),
+                                                         rel=1e-6)
