@@ -19,16 +19,29 @@ class BackgroundResult:
         Mean of the mesh sky levels (the CCD's sky level).
     global_rms : float
         Mean of the mesh sky noise (the CCD's sky noise per pixel).
+    factor : int
+        The model was fitted on the image binned ``factor`` x ``factor`` (mean of each
+        block); it is evaluated at the block centres and each block of the full image
+        takes its block's value.
+    shape : tuple
+        Shape of the full-resolution image.
     """
 
     model: object
     global_level: float
     global_rms: float
+    factor: int = 1
+    shape: tuple = ()
 
     @property
     def level(self) -> np.ndarray:
         """Sky level per pixel (image units), the mesh background interpolated."""
-        return self.model.back()
+        if self.factor == 1:
+            return self.model.back()
+        back = np.repeat(np.repeat(self.model.back(), self.factor, 0), self.factor, 1)
+        ny, nx = self.shape
+        return np.pad(back, ((0, ny - back.shape[0]), (0, nx - back.shape[1])),
+                      mode="edge")
 
     def subtract(self, image: np.ndarray, bad: np.ndarray | None = None,
                  out: np.ndarray | None = None) -> np.ndarray:
@@ -38,19 +51,54 @@ class BackgroundResult:
         (C-contiguous float32 of the image's shape) is reused instead of a new array: a
         fresh CCD-sized array costs thousands of page faults.
         """
-        if out is None:
+        if self.factor > 1:
+            data = _subtract_blocks(image, self.model.back(), self.factor, out)
+        elif out is None:
             data = np.array(image, dtype=np.float32, order="C", copy=True)
+            self.model.subfrom(data)
         else:
             data = out
             np.copyto(data, image, casting="same_kind")
-        self.model.subfrom(data)
+            self.model.subfrom(data)
         if bad is not None:
             data[bad] = 0
         return data
 
 
+def _subtract_blocks(image, back, f, out=None):
+    """``image`` minus the block sky ``back`` (one value per ``f`` x ``f`` block; rows
+    and columns beyond the last whole block take its value), in one pass over the
+    image: a 4-D broadcast view, no full-resolution sky map."""
+    ny, nx = image.shape
+    nby, nbx = back.shape
+    data = np.empty((ny, nx), np.float32) if out is None else out
+    yc, xc = nby * f, nbx * f
+    np.subtract(image[:yc, :xc].reshape(nby, f, nbx, f), back[:, None, :, None],
+                out=data[:yc, :xc].reshape(nby, f, nbx, f))
+    if yc < ny:
+        np.subtract(image[yc:, :xc], np.repeat(back[-1], f)[None, :], out=data[yc:, :xc])
+    if xc < nx:
+        edge = np.append(np.repeat(back[:, -1], f), np.full(ny - yc, back[-1, -1]))
+        np.subtract(image[:, xc:], edge[:, None], out=data[:, xc:])
+    return data
+
+
+def _bin(image, f, reduce):
+    """``reduce`` (np.add or np.logical_or) over the ``f`` x ``f`` blocks of ``image``
+    (whole blocks only), by strided slices: a few passes, no 4-D reduction."""
+    ny, nx = image.shape
+    yc, xc = ny - ny % f, nx - nx % f
+    rows = reduce(image[0:yc:f, :xc], image[1:yc:f, :xc])
+    for k in range(2, f):
+        reduce(rows, image[k:yc:f, :xc], out=rows)
+    out = reduce(rows[:, 0::f], rows[:, 1::f])
+    for k in range(2, f):
+        reduce(out, rows[:, k::f], out=out)
+    return out
+
+
 def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
-                        filter_size: int = 3) -> BackgroundResult:
+                        filter_size: int = 3, bin_factor: int = 1) -> BackgroundResult:
     """Estimate the sky of ``image`` ignoring the ``bad`` pixels.
 
     Parameters
@@ -63,19 +111,43 @@ def estimate_background(image: np.ndarray, bad: np.ndarray, box: int = 64,
         Mesh box size in pixels (clipped to the image size so small CCDs get one box).
     filter_size : int
         Median filter size over the mesh (in boxes).
+    bin_factor : int
+        Fit the mesh on the image binned ``bin_factor`` x ``bin_factor`` (block means;
+        a block with a bad pixel is bad), the mesh boxes scaled to cover the same
+        pixels. sep's cost scales with the pixels (a 4 x 4 binned pass costs a third
+        of a full one, binning included), and on the simulator's flat truth sky the
+        binned first pass is no worse (mean |error| 0.67, 0.43, 0.28 counts at
+        factors 1, 2, 4; sky noise 17.7). The sky is then constant over each block,
+        which is fine for detection (``detectSources`` uses it only there) but not for
+        measurements. Ignored when the image or the box is too small for it.
 
     Returns
     -------
     BackgroundResult
     """
+    f = int(bin_factor)
+    ny, nx = np.shape(image)
+    if f > 1 and min(box, nx, ny) >= 4 * f:
+        binned = _bin(np.asarray(image, dtype=np.float32), f, np.add)
+        binned *= np.float32(1.0 / (f * f))
+        mask = _bin(np.asarray(bad, dtype=bool), f, np.logical_or) if np.any(bad) \
+            else None
+        nby, nbx = binned.shape
+        b = max(1, box // f)
+        bkg = sep.Background(binned, mask=None if mask is None else mask.view(np.uint8),
+                             bw=min(b, nbx), bh=min(b, nby), fw=filter_size,
+                             fh=filter_size)
+        # a block mean has 1/f of the per-pixel noise
+        return BackgroundResult(model=bkg, global_level=float(bkg.globalback),
+                                global_rms=float(bkg.globalrms) * f, factor=f,
+                                shape=(ny, nx))
     data = np.ascontiguousarray(image, dtype=np.float32)
-    ny, nx = data.shape
     bad = np.ascontiguousarray(bad)
     mask = bad.view(np.uint8) if bad.dtype == bool else bad.astype(np.uint8)
     bkg = sep.Background(data, mask=mask,
                          bw=min(box, nx), bh=min(box, ny), fw=filter_size, fh=filter_size)
     return BackgroundResult(model=bkg, global_level=float(bkg.globalback),
-                            global_rms=float(bkg.globalrms))
+                            global_rms=float(bkg.globalrms), shape=(ny, nx))
 
 
 def source_mask(segmap: np.ndarray, objects, bad: np.ndarray, scale: float = 4.0,

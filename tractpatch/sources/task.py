@@ -55,6 +55,12 @@ class DetectSourcesConfig(TaskConfig):
                                                 "the first pass's detections masked out "
                                                 "to this many isophotal a, b (None: one "
                                                 "pass)")
+    background_bin: int = Field(4, ge=1, description="the first sky pass (it only "
+                                "feeds detection when a second pass follows) is fitted "
+                                "on the image binned this many pixels square, the mesh "
+                                "unchanged in pixels: a third of the cost, no less "
+                                "accurate on the simulator's truth sky (1: full "
+                                "resolution)")
     aperture_radii: list[float] = Field([3.0, 6.0, 9.0, 12.0], min_length=1,
                                         description="aperture radii in pixels "
                                         "(columns flux_ap_<r>)")
@@ -296,7 +302,9 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
     the growth curve's pixel masks (:class:`_GrowthMasks`, built while the second sky
     pass runs in another thread)."""
     image, bad = planes.image, planes.bad
-    bkg = estimate_background(image, bad, config.background_box, config.background_filter)
+    two_pass = config.background_mask_scale is not None
+    bkg = estimate_background(image, bad, config.background_box, config.background_filter,
+                              bin_factor=config.background_bin if two_pass else 1)
     data = bkg.subtract(image, bad if planes.any_bad else None)
     objs, segmap = detect_sources(data, planes.var, bad.view(np.uint8), config.threshold,
                                   config.min_area, config.deblend_nthresh,
@@ -307,17 +315,21 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
                                "sigma; the CCD is left out (check the image, or lower "
                                "--config threshold=...)")
     second = None
-    if config.background_mask_scale is not None:
+    if two_pass:
         # second sky pass without the sources' wings; detections are kept (the
         # difference is a small fraction of the noise), measurements use the new sky
         def sky2():
             bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
                                                           config.background_mask_scale),
                                        config.background_box, config.background_filter)
-            if bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked
-                # into the first pass's buffer: the detections no longer need it
-                return bkg2, bkg2.subtract(image, bad if planes.any_bad else None, out=data)
-            return None
+            if not bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked:
+                if bkg.factor == 1:      # the first pass's sky stays
+                    return None
+                # the binned first pass is blocky: measure on a full-resolution one
+                bkg2 = estimate_background(image, bad, config.background_box,
+                                           config.background_filter)
+            # into the first pass's buffer: the detections no longer need it
+            return bkg2, bkg2.subtract(image, bad if planes.any_bad else None, out=data)
         second = pool.submit(sky2)
     masks = _growth_masks(planes, exp.mask_planes, objs, segmap)
     if second is not None and (res := second.result()) is not None:
