@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from ..errors import DataQualityError
 from ..image import Exposure, MaskPlanes
+from .artifacts import detect_artifacts, params_from_config
 from .config import CoaddDriverConfig
 from .stack import StackResult, stack_arrays
 from .warp import njy_to_coadd_scale, warp_exposure
@@ -76,6 +77,8 @@ class CoaddResult:
     calib_sources: list = field(default_factory=list)
     max_transform_error: float = 0.0
     rows_per_band: int = 0
+    #: visit -> input pixels masked as artefacts (doArtifactRejection)
+    artifact_pixels: dict = field(default_factory=dict)
 
 
 def subtract_background(exposure: Exposure, config: CoaddDriverConfig) -> Exposure:
@@ -273,6 +276,10 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
     """Stack the stored CCD warps per visit over the patch, band of rows by band.
 
     Each visit's weight is the inverse of the median variance of its good warped pixels.
+    With ``doArtifactRejection`` each band is read with ``artifactMargin`` more rows
+    above and below, artefacts are detected on that (footprints are judged across the
+    band border up to the margin; a footprint longer than that is judged on the part
+    within it) and masked REJECTED in their visit, then the band's rows are stacked.
     """
     ny, nx = shape
     visits: dict[int, list[CcdWarp]] = {}
@@ -286,41 +293,55 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
                                                                       for w in ws])
         weights[v] = 1.0 / medvar
     nodata = mask_planes.bitmask("NO_DATA")
-    bytes_per_layer_row = nx * 12
+    art = config.doArtifactRejection
+    margin = config.artifactMargin if art else 0
+    # artefact detection holds a significance cube, labels and a few boolean cubes
+    bytes_per_layer_row = nx * (24 if art else 12)
     rows = int(config.maxStackMemoryMB * 2 ** 20 / (bytes_per_layer_row * max(1, len(vlist))))
-    rows = max(8, min(ny, rows))
+    rows = max(8, min(ny, rows - 2 * margin))
+    rejected = mask_planes.bitmask("REJECTED")
+    bad_planes = list(config.badMaskPlanes) + (["REJECTED"] if art else [])
+    params = params_from_config(config)
+    artifact_pixels = {v: 0 for v in vlist} if art else {}
     res = CoaddResult(np.empty(shape, np.float32), np.empty(shape, np.float32),
                       np.empty(shape, np.int32), np.zeros(shape, np.int32),
                       np.zeros(shape, np.float32), mask_planes, rows_per_band=rows)
     # one flat buffer per plane for all bands: every band's (k, rows, nx) view of it is
     # C-contiguous, so the numba statistic reads it without a copy
-    cap = len(vlist) * rows * nx
+    cap = len(vlist) * min(ny, rows + 2 * margin) * nx
     buf_img = np.empty(cap, np.float32)
     buf_var = np.empty(cap, np.float32)
     buf_msk = np.empty(cap, np.int32)
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)
-        active = [v for v in vlist if any(w.bbox[1] < y1 and w.bbox[3] > y0
+        ya, yb = max(0, y0 - margin), min(ny, y1 + margin)
+        active = [v for v in vlist if any(w.bbox[1] < yb and w.bbox[3] > ya
                                           for w in visits[v])]
         if not active:
             res.image[y0:y1] = np.nan
             res.variance[y0:y1] = np.nan
             res.mask[y0:y1] = nodata
             continue
-        cube = (len(active), y1 - y0, nx)
+        cube = (len(active), yb - ya, nx)
         size = cube[0] * cube[1] * cube[2]
         imgs = buf_img[:size].reshape(cube)
         vars_ = buf_var[:size].reshape(cube)
         msks = buf_msk[:size].reshape(cube)
         for k, v in enumerate(active):
             # NO_DATA pixels are never read by the statistic: no need to zero them
-            fill_layer(visits[v], y0, y1, nodata, imgs[k], vars_[k], msks[k], zero=False)
+            fill_layer(visits[v], ya, yb, nodata, imgs[k], vars_[k], msks[k], zero=False)
+        if art:
+            _reject_artifacts(imgs, vars_, msks, active, y0 - ya, y1 - ya, nodata,
+                              mask_planes.bitmask(*config.badMaskPlanes), rejected,
+                              params, artifact_pixels)
+            imgs, vars_, msks = (_core_rows(b, cube, y0 - ya, y1 - ya)
+                                 for b in (buf_img, buf_var, buf_msk))
         stack_arrays(imgs, vars_, msks, [weights[v] for v in active],
                      [max(w.exptime for w in visits[v]) for v in active],
                      mask_planes, statistic=config.statistic,
                      nsigma=config.sigmaClip, niter=config.clipIter,
                      ampfrac=config.clipAmpFrac,
-                     bad_planes=config.badMaskPlanes,
+                     bad_planes=bad_planes,
                      thresholds=config.maskPropagationThresholds,
                      out=StackResult(res.image[y0:y1], res.variance[y0:y1],
                                      res.mask[y0:y1], res.nimage[y0:y1],
@@ -332,7 +353,33 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
     res.calib_sources = sorted({w.calib_source for w in warps if w.calib_source})
     res.max_transform_error = max((w.transform_error for w in warps), default=0.0)
     res.zero_point = config.zeroPoint
+    res.artifact_pixels = artifact_pixels
+    if art:
+        log.info("artifact rejection: input pixels masked per visit %s", artifact_pixels)
     return res
+
+
+def _reject_artifacts(imgs, vars_, msks, active, a, b, nodata, bad_bits, rejected,
+                      params, counts):
+    """Detect artefacts on the band with its margins and set REJECTED in their visits'
+    layers; ``counts[visit]`` grows by the pixels masked in rows ``[a, b)``."""
+    found = detect_artifacts(imgs, vars_, msks, bad_bits | nodata, params)
+    msks[found] |= rejected
+    per_visit = found[:, a:b].sum(axis=(1, 2))
+    for v, n in zip(active, per_visit):
+        counts[v] += int(n)
+
+
+def _core_rows(buf, cube, a, b):
+    """Rows ``[a, b)`` of each layer of the ``cube``-shaped stack at the start of the flat
+    ``buf``, moved to the front as a C-contiguous ``(k, b - a, nx)`` stack (in place:
+    layer ``k``'s rows move towards lower addresses; numpy handles the overlap)."""
+    k, h, nx = cube
+    n = (b - a) * nx
+    for i in range(k):
+        src = i * h * nx + a * nx
+        buf[i * n:(i + 1) * n] = buf[src:src + n]
+    return buf[:k * n].reshape(k, b - a, nx)
 
 
 def coadd_patch(exposures: Iterable[Exposure], wcs: WCS, shape,

@@ -36,6 +36,42 @@ class CoaddDriverConfig(TaskConfig):
                                "ratios up to ~2 between visits; artefacts on sky are still "
                                "clipped at sigmaClip")
     clipIter: int = Field(2, ge=1, description="MEANCLIP clipping passes")
+    doArtifactRejection: bool = Field(False, description="compare each visit's warp "
+                                      "with a robust template (mean of 2, median of 3+) "
+                                      "and mask (REJECTED) positive residual footprints "
+                                      "found in a minority of the visits (satellite "
+                                      "trails, ghosts) before the statistic, as LSST's "
+                                      "CompareWarpAssembleCoadd; works with 2 visits")
+    artifactThreshold: float = Field(3.0, gt=0, description="artifacts: footprint "
+                                     "threshold (sigma of the difference)")
+    artifactPeakThreshold: float = Field(5.0, gt=0, description="artifacts: minimum "
+                                         "peak significance of a footprint")
+    artifactMinArea: int = Field(20, ge=1, description="artifacts: minimum footprint "
+                                 "area (pixels)")
+    artifactGrow: int = Field(2, ge=0, description="artifacts: footprints grown by this "
+                              "radius (pixels) before masking")
+    artifactAmpFrac: float = Field(1.0, ge=0, description="artifacts: fraction of the "
+                                   "template level added in quadrature to the noise, so "
+                                   "star cores seen in better seeing are not cut")
+    artifactMaxFractionEpochs: float = Field(0.4, gt=0, le=1, description="artifacts: "
+                                             "a footprint is an artifact where at most "
+                                             "max(1, floor(this x n)) of the n visits "
+                                             "have one")
+    artifactSpatialFraction: float = Field(0.5, gt=0, le=1, description="artifacts: "
+                                           "fraction of a footprint's pixels that must "
+                                           "satisfy the epoch rule")
+    artifactSourceThreshold: float = Field(3.0, gt=0, description="artifacts: "
+                                           "template pixels whose level is above this "
+                                           "S/N (grown) are sources")
+    artifactSourceGrow: int = Field(4, ge=0, description="artifacts: growth radius "
+                                    "(pixels) of the template sources")
+    artifactMaxSourceFraction: float = Field(0.5, gt=0, le=1, description="artifacts: "
+                                             "footprints with at least this fraction of "
+                                             "their pixels on template sources are kept "
+                                             "(seeing differences); 1 disables")
+    artifactMargin: int = Field(32, ge=0, description="artifacts: rows above and below "
+                                "each stacking band also compared, so footprints are "
+                                "judged across band borders")
     maskPropagationThresholds: dict[str, float] = Field(
         {"SAT": 0.1}, description="plane: minimum fraction of the covering weight flagged "
         "for the plane to be set in the coadd")
