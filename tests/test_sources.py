@@ -260,3 +260,28 @@ def test_aperture_column_names():
     assert aperture_column(6) == "flux_ap_6"
     assert aperture_column(12.0) == "flux_ap_12"
     assert aperture_column(4.5) == "flux_ap_4p5"
+
+
+def test_src_hdu_is_astropys_table_hdu():
+    """The structured-array SOURCES HDU holds the same bytes, columns, formats and units
+    as ``fits.BinTableHDU(table)``."""
+    from astropy.io import fits
+
+    from tractpatch.sources.catalog import _table_hdu, build_table, column_units
+
+    radii = [3.0, 6.0]
+    n = 5
+    rng = np.random.default_rng(2)
+    cols = {name: rng.normal(size=n) for name in column_units(radii)}
+    cols["id"] = np.arange(n)
+    cols["flags"] = np.array([0, 1, 2, 16, 33])
+    for name in ("is_star", "flag_saturated", "flag_edge", "flag_bad", "flag_cr",
+                 "flag_blended"):
+        cols[name] = cols[name] > 0
+    table = build_table(cols, radii)
+    ref, ours = fits.BinTableHDU(table, name="SOURCES"), _table_hdu(table)
+    assert ours.data.tobytes() == ref.data.tobytes()
+    assert ours.columns.names == ref.columns.names
+    assert [c.format for c in ours.columns] == [c.format for c in ref.columns]
+    assert [c.unit for c in ours.columns] == [c.unit for c in ref.columns]
+    assert ours.columns["x"].unit == "pix" and ours.columns["flux_ap_3"].unit == "count"
