@@ -86,8 +86,7 @@ def fit_diagnostics(res: JointcalResult, solver: str, tract: int,
     xi, eta = res.astro_model.evaluate(res.astro_theta, img, m.u, m.v)
     ri = res.ref_index[m.star]
     rj = np.maximum(ri, 0)
-    pmx = np.where(ri >= 0, res.refcat.pm_ra[rj] / 1000.0, 0.0)
-    pmy = np.where(ri >= 0, res.refcat.pm_dec[rj] / 1000.0, 0.0)
+    pmx, pmy = res.stars_pm[:n_stars][m.star], res.stars_pm[n_stars:][m.star]
     dxi = xi - res.stars_xy[m.star] - pmx * m.dt
     deta = eta - res.stars_xy[n_stars + m.star] - pmy * m.dt
     dx, dy = _to_focal_axes(res, img, m.u, m.v, dxi * 1000.0, deta * 1000.0)

@@ -33,7 +33,6 @@ def compute_metrics(res) -> dict:
         n = len(res.stars_xy) // 2
         k = m.star
         act = res.astro_active
-        d_int = np.hypot(xi - res.stars_xy[k] - 0, eta - res.stars_xy[n + k]) * 1000.0
         ri = res.ref_index[k]
         has = act & (ri >= 0)
         pmx = res.refcat.pm_ra / 1000.0
@@ -41,10 +40,11 @@ def compute_metrics(res) -> dict:
         rj = np.maximum(ri, 0)
         d_ref = np.hypot(xi - res.ref_xi[rj] - pmx[rj] * m.dt,
                          eta - res.ref_eta[rj] - pmy[rj] * m.dt) * 1000.0
-        # internal: remove the proper-motion offset of reference stars too
-        d_int = np.hypot(xi - res.stars_xy[k] - np.where(ri >= 0, pmx[rj], 0) * m.dt,
-                         eta - res.stars_xy[n + k] - np.where(ri >= 0, pmy[rj], 0) * m.dt
-                         ) * 1000.0
+        # internal: against the fitted star moved by its proper motion (fitted, or the
+        # catalog's, or none)
+        spx, spy = res.stars_pm[:n][k], res.stars_pm[n:][k]
+        d_int = np.hypot(xi - res.stars_xy[k] - spx * m.dt,
+                         eta - res.stars_xy[n + k] - spy * m.dt) * 1000.0
         out["astrometry_rms_ref_mas"] = round(float(np.sqrt(np.mean(d_ref[has] ** 2))), 3)
         out["astrometry_rms_internal_mas"] = round(float(np.sqrt(np.mean(d_int[act] ** 2))),
                                                    3)
