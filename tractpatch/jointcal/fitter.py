@@ -422,7 +422,14 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
     A step that raises chi^2 is halved up to 6 times; if it still does
     not decrease the fit is declared diverged (:class:`DataQualityError`). BLAS runs
     single-threaded (see :mod:`.threads`): the products and factorisations are small.
+
+    A problem with its own assembly and solve (mosaic's per-image blocks,
+    :class:`.mosaic_solver.BlockProblem`) provides ``problem.gauss_newton(theta, stars,
+    free_theta, fit_stars, max_iter, tol)``, which is called instead.
     """
+    own = getattr(problem, "gauss_newton", None)
+    if own is not None:
+        return own(theta, stars, free_theta, fit_stars, max_iter, tol)
     with single_blas_thread():
         return _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
                              dense_limit)

@@ -49,15 +49,13 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg.blas import dsyrk
 
-from ..errors import DataQualityError, UserError
+from ..errors import DataQualityError
 from .fitter import FitResult, SingularSystemError
 from .inputs import CcdImage, Detections, RefCatalog
 from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_order
 from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
 from .problems import AstrometryProblem, PhotometryProblem
-from . import solver as _solver
-from .solver import (_CHI2_MEDIAN, JointcalResult, PreparedFit, _worst_per_star,
-                     fit_models, prepare_fit, proper_motion_stars, reference_ccd)
+from .solver import JointcalResult, PreparedFit, fit_models, prepare_fit, reference_ccd
 from .threads import single_blas_thread
 
 log = logging.getLogger("mosaic")
@@ -586,7 +584,32 @@ class Factor:
 
 
 # --- the two problems in block form -------------------------------------------------------
-class AstrometryBlocks:
+class BlockProblem:
+    """A problem of :mod:`.problems` (``self.problem``: its residuals, active set, chi2,
+    set_sigma, ... through attribute delegation) fitted with :class:`BlockRows`: the
+    subclasses give ``block_rows``, and :func:`.fitter.gauss_newton` hands its fits to
+    :meth:`gauss_newton` (:func:`gauss_newton_blocks`)."""
+
+    def __getattr__(self, name):  # active, chi2, measurement_chi2, ...: the problem's
+        return getattr(self.problem, name)
+
+    def gauss_newton(self, theta, stars, free_theta, fit_stars: bool, max_iter: int = 20,
+                     tol: float = 1e-4) -> FitResult:
+        """:func:`gauss_newton_blocks` on this problem."""
+        return gauss_newton_blocks(self, theta, stars, free_theta, fit_stars, max_iter, tol)
+
+
+def block_problem(problem):
+    """The block form of an :class:`.problems.AstrometryProblem` (of a
+    :class:`.mosaic_models.MosaicAstrometryModel`) or a :class:`.problems.PhotometryProblem`
+    (of a :class:`.photometry_models.ConstrainedPhotometryModel`): the ``wrap_problem``
+    of :func:`.solver.fit_models`."""
+    if isinstance(problem, AstrometryProblem):
+        return AstrometryBlocks(problem)
+    return PhotometryBlocks(problem)
+
+
+class AstrometryBlocks(BlockProblem):
     """:class:`.problems.AstrometryProblem` (its residuals, active set and chi2) with
     :class:`BlockRows` of a :class:`.mosaic_models.MosaicAstrometryModel`."""
 
@@ -603,9 +626,6 @@ class AstrometryBlocks:
         nt = model.nt
         self.cols_xi = np.arange(model.n_visits)[:, None] * 2 * nt + np.arange(nt)
         self.ref_w = 1.0 / problem.ref_sigma
-
-    def __getattr__(self, name):  # active, chi2, measurement_chi2, ...: the problem's
-        return getattr(self.problem, name)
 
     def block_rows(self, theta, stars, derivatives: bool = True) -> BlockRows:
         """The active rows at ``(theta, stars)``; without ``derivatives`` only what the
@@ -645,7 +665,7 @@ class AstrometryBlocks:
         return rows
 
 
-class PhotometryBlocks:
+class PhotometryBlocks(BlockProblem):
     """:class:`.problems.PhotometryProblem` with :class:`BlockRows` of a
     :class:`.photometry_models.ConstrainedPhotometryModel` (``calib = k_ccd * T_visit(f)``:
     per visit ``nt`` Chebyshev terms, then one scale per CCD).
@@ -676,9 +696,6 @@ class PhotometryBlocks:
         self.ccd_col = model.ccd_base + model.image_ccd[img]
         self.unsort = np.empty_like(self.order)
         self.unsort[self.order] = np.arange(len(self.order))
-
-    def __getattr__(self, name):
-        return getattr(self.problem, name)
 
     def _calib(self, theta, sel=slice(None)):
         """(calib, T, k) of the measurements in visit order (``sel`` of them)."""
@@ -726,7 +743,7 @@ class PhotometryBlocks:
                          [comp], model.n_visits, p.n_star)
 
 
-# --- Gauss-Newton and the staged fit (jointcal's, on the block assembly) -----------------
+# --- Gauss-Newton on the block assembly (the staged fit is jointcal's) ------------------
 def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter: int = 20,
                         tol: float = 1e-4) -> FitResult:
     """:func:`.fitter.gauss_newton` (same step control and convergence) with
@@ -794,94 +811,9 @@ def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter:
     return FitResult(chi2, int(n_rows - n_free - n_star_used), it, converged)
 
 
-def _staged_fit_blocks(bp, theta, stars, fixed, config, what, dof):
-    """:func:`.solver._staged_fit` on the block assembly: model with stars fixed, stars
-    with the model fixed, then everything with robust outlier rejection (ending, as
-    there, when the candidates are only the noise tail; a round rejecting only a few
-    refits the stars alone) -- where the solver module provides those rules."""
-    noise_tail = getattr(_solver, "_noise_tail", None)
-    few = getattr(_solver, "FEW_OUTLIERS", 0.0)
-    free = ~fixed
-    kw = dict(max_iter=config.maxIterations, tol=config.convergenceTolerance)
-    start = dict(kw, max_iter=min(2, config.maxIterations))  # a start, not a solution
-    gauss_newton_blocks(bp, theta, stars, free, False, **start)
-    gauss_newton_blocks(bp, theta, stars, np.zeros_like(free), True, **start)
-    fit = gauss_newton_blocks(bp, theta, stars, free, True, **kw)
-    for rnd in range(config.maxOutlierRounds):
-        chi2 = bp.measurement_chi2(theta, stars)
-        # robust scale: the median chi2 over its expectation
-        s2 = max(1.0, float(np.median(chi2[bp.active])) / _CHI2_MEDIAN[dof])
-        bad = _worst_per_star(bp.meas.star,
-                              bp.active & (chi2 > config.outlierRejectSigma ** 2 * s2), chi2)
-        if not bad.any() or (noise_tail is not None and noise_tail(
-                bad, chi2 / s2, int(bp.active.sum()), config.outlierRejectSigma, dof)):
-            break
-        bp.problem.active &= ~bad
-        n_bad = int(bad.sum())
-        log.info("%s: rejected %d outliers (round %d)", what, n_bad, rnd + 1)
-        if hasattr(bp.problem, "set_sigma"):
-            bp.problem.set_sigma(theta)
-        if n_bad <= few * bp.active.sum():
-            sfit = gauss_newton_blocks(bp, theta, stars, np.zeros_like(free), True, **start)
-            fit = FitResult(sfit.chi2, fit.ndof - dof * n_bad, fit.n_iter, fit.converged)
-        else:
-            fit = gauss_newton_blocks(bp, theta, stars, free, True, **kw)
-    log.info("%s: chi2/ndof = %.6g / %d = %.3f after %d iterations%s", what, fit.chi2,
-             fit.ndof, fit.chi2 / max(fit.ndof, 1), fit.n_iter,
-             "" if fit.converged else " (not converged)")
-    return fit
-
-
 def fit_models_blocks(prep: PreparedFit, amodel, theta, pmodel, config,
                       focal) -> JointcalResult:
     """:func:`.solver.fit_models` (same problems, start, proper motions, staging and
     rejection) with the normal equations assembled in per-image blocks."""
-    meas, n_stars, ref_index, refcat = prep.meas, prep.n_stars, prep.ref_index, prep.refcat
-    rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
-    rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
-    pm_fit = proper_motion_stars(meas, n_stars, config.properMotionMinSpan,
-                                 config.properMotionMinEpochs)
-    aprob = AstrometryProblem(amodel, meas, n_stars, ref_index, prep.ref_xi, prep.ref_eta,
-                              rsig, prep.pm_xi, prep.pm_eta, pm_fit,
-                              config.properMotionRefError / 1000.0)
-    if pm_fit.any():
-        log.info("astrometry: fitting the proper motions of %d of %d stars (visits span "
-                 "%.2f yr)", int(pm_fit.sum()), n_stars, np.ptp(meas.dt))
-    m = ref_index >= 0
-    sx, sy = prep.star_xi.copy(), prep.star_eta.copy()
-    sx[m] = prep.ref_xi[ref_index[m]]
-    sy[m] = prep.ref_eta[ref_index[m]]
-    stars = aprob.initial_stars(sx, sy)
-    afit = None
-    if config.doAstrometry:
-        afit = _staged_fit_blocks(AstrometryBlocks(aprob), theta, stars, amodel.fixed,
-                                  config, "astrometry", 2)
-    ptheta = fluxes = pfit = pactive = None
-    if pmodel is not None:
-        star_of, img = meas.star, meas.img
-        cnt = prep.star_count
-        rf = np.where(ref_index >= 0, refcat.flux[np.maximum(ref_index, 0)], np.nan)
-        ptheta = pmodel.initialize(img, rf[star_of] / meas.flux)
-        snr = meas.flux / meas.flux_err
-        o = np.lexsort((snr, star_of))
-        first = np.searchsorted(star_of[o], np.arange(n_stars))
-        med_snr = snr[o][first + (cnt - 1) // 2]
-        pprob = PhotometryProblem(pmodel, meas, n_stars, ref_index, refcat.flux,
-                                  refcat.flux_err, config.photometryErrorPedestal,
-                                  med_snr >= config.photometryRefMinSnr)
-        if len(pprob.ref_star) == 0:
-            raise UserError("no fitted star has a reference flux in this filter; check "
-                            "photometryRefCat and its colour terms for the filter")
-        calib0, _, _ = pmodel.derivatives(ptheta, img, meas.u, meas.v)
-        fluxes = np.bincount(star_of, meas.flux * calib0, n_stars) / cnt
-        fluxes[pprob.ref_star] = pprob.ref_flux
-        pprob.set_sigma(ptheta)
-        pfit = _staged_fit_blocks(PhotometryBlocks(pprob), ptheta, fluxes, pmodel.fixed,
-                                  config, "photometry", 1)
-        pactive = pprob.active
-    counts = dict(prep.counts, pm_fittedStars=int(pm_fit.sum()))
-    return JointcalResult(prep.images, prep.tangent, amodel, theta, pmodel, ptheta, meas,
-                          stars[:2 * n_stars], fluxes, aprob.active, pactive, ref_index,
-                          refcat, prep.ref_xi, prep.ref_eta, afit, pfit, prep.offsets,
-                          counts, prep.dropped, focal,
-                          np.concatenate(aprob.star_motion(stars)), pm_fit)
+    return fit_models(prep, amodel, theta, pmodel, config, focal,
+                      wrap_problem=block_problem)

@@ -179,14 +179,21 @@ def reference_ccd(affine, img_ccd, n_ccds: int) -> int:
     return int(np.lexsort((dist, -nvis_ccd))[0])
 
 
-def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> JointcalResult:
+def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal,
+               wrap_problem=None) -> JointcalResult:
     """Fit an astrometric model (start ``theta``, updated in place) and a photometric model
     (or None) to the prepared measurements, with outlier rejection; both solvers call it.
 
     ``focal(g, u, v)`` gives the focal-plane position (arcsec) of normalised CCD
     coordinates of image ``g`` under the final astrometric model (for diagnostics and
-    the photometric model).
+    the photometric model). ``wrap_problem`` (optional): called on each
+    :class:`.problems.AstrometryProblem` / :class:`.problems.PhotometryProblem` just
+    before its staged fit, it returns the object fitted instead -- one that delegates the
+    problem's residuals and active set and brings its own assembly and solve through a
+    ``gauss_newton`` method (see :func:`.fitter.gauss_newton`), as mosaic's per-image
+    block assembly does (:func:`.mosaic_solver.block_problem`).
     """
+    wrap = wrap_problem if wrap_problem is not None else (lambda problem: problem)
     meas, n_stars, ref_index, refcat = prep.meas, prep.n_stars, prep.ref_index, prep.refcat
     rsig = np.hypot(refcat.ra_err, refcat.dec_err) / np.sqrt(2) / 1000.0
     rsig = np.where(np.isfinite(rsig) & (rsig > 0), rsig, 0.01)
@@ -205,7 +212,8 @@ def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> Joint
     stars = aprob.initial_stars(sx, sy)
     afit = None
     if config.doAstrometry:
-        afit = _staged_fit(aprob, theta, stars, amodel.fixed, config, "astrometry", 2)
+        afit = _staged_fit(wrap(aprob), theta, stars, amodel.fixed, config, "astrometry",
+                           2)
     ptheta = fluxes = pfit = pactive = None
     if pmodel is not None:
         star_of, img = meas.star, meas.img
@@ -228,7 +236,8 @@ def fit_models(prep: PreparedFit, amodel, theta, pmodel, config, focal) -> Joint
         fluxes = np.bincount(star_of, meas.flux * calib0, n_stars) / cnt
         fluxes[pprob.ref_star] = pprob.ref_flux
         pprob.set_sigma(ptheta)
-        pfit = _staged_fit(pprob, ptheta, fluxes, pmodel.fixed, config, "photometry", 1)
+        pfit = _staged_fit(wrap(pprob), ptheta, fluxes, pmodel.fixed, config, "photometry",
+                           1)
         pactive = pprob.active
     counts = dict(prep.counts, pm_fittedStars=int(pm_fit.sum()))
     return JointcalResult(prep.images, prep.tangent, amodel, theta, pmodel, ptheta, meas,
@@ -518,7 +527,7 @@ def _staged_fit(problem, theta, stars, fixed, config, what, dof):
         if not bad.any() or _noise_tail(bad, chi2 / s2, int(problem.active.sum()),
                                         config.outlierRejectSigma, dof):
             break
-        problem.active &= ~bad
+        problem.active[bad] = False  # in place: a wrapping problem shares the array
         n_bad = int(bad.sum())
         log.info("%s: rejected %d outliers (round %d)", what, n_bad, rnd + 1)
         if hasattr(problem, "set_sigma"):
