@@ -155,10 +155,13 @@ def detect_artifacts(imgs, vars_, msks, bad_bits: int,
     labels, nlab = ndimage.label(sig > p.threshold, structure=structure)
     if nlab == 0:
         return out
-    index = np.arange(1, nlab + 1)
-    area = np.bincount(labels.ravel(), minlength=nlab + 1)
-    peak = np.zeros(nlab + 1)
-    peak[1:] = ndimage.maximum(sig, labels, index)
+    # per-footprint area and peak from the labelled pixels alone (ndimage.maximum
+    # would argsort the whole cube)
+    where = np.flatnonzero(labels)
+    lab = labels.ravel()[where]
+    area = np.bincount(lab, minlength=nlab + 1)
+    peak = np.zeros(nlab + 1, np.float32)
+    np.maximum.at(peak, lab, sig.ravel()[where])
     cand = (area >= p.min_area) & (peak >= p.peak_threshold)
     cand[0] = False
     if not cand.any():
