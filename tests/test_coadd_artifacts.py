@@ -179,3 +179,73 @@ def test_band_margins_give_the_one_band_result():
     assert one.rows_per_band == SHAPE[0] and bands.rows_per_band < SHAPE[0] // 2
     assert np.array_equal(one.mask, bands.mask)
     assert np.array_equal(one.image, bands.image)
+
+
+def test_simulated_survey_trail_rejected_where_two_visits_cover(tmp_path_factory):
+    """The simulator's satellite trail (tiny preset, 4 HSC-R visits, as
+    test_coadd_e2e): with doArtifactRejection it is masked in the trail visit alone, also
+    where only two visits cover it (MEANCLIP leaves it there); stars keep the inputs'
+    fluxes (test_coadd_e2e's check, within 1 %)."""
+    import re
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    import test_coadd_e2e as e2e
+    from conftest import run_cmd
+    from tractpatch.image import read_exposure, write_exposure
+    from tractpatch.repo import Repository
+    from tractpatch.repo.exposure_io import load_exposure
+    from tractpatch.sim import make_demo_repo, preset_config
+
+    root = tmp_path_factory.mktemp("coadd_artifacts")
+    cfg = preset_config("tiny", overrides=["filters=[HSC-R]", "n_fields=1",
+                                           "visits_per_field=4", "cosmic_ray_rate=10",
+                                           "galaxy_density=50000"])
+    demo = make_demo_repo(root, config=cfg)
+    run_cmd("makeDiscreteSkyMap.py", root, "--rerun", "coadd", "--id", "filter=HSC-R",
+            "--config", "doPlot=False", "--no-progress", check=0)
+    repo = Repository(root, rerun="coadd")
+    calexps = {}
+    for row in repo.registry.exposures():
+        out = e2e._true_calexp(demo.truth, load_exposure(repo, row), row)
+        path = repo.path("calexp", pointing=row["pointing"] or 0, filter=row["filter"],
+                         tract=0, visit=row["visit"], ccd=row["ccd"])
+        write_exposure(path, out, {"CALIBSRC": "jointcal", "CALIBFIL": "sim-truth"})
+        calexps[(row["visit"], row["ccd"])] = path
+    p = run_cmd("coaddDriver.py", root, "--rerun", "coadd", "--id", "tract=0",
+                "filter=HSC-R", "--no-progress", "--config", "doArtifactRejection=True",
+                check=0)
+    truth = demo.truth
+    trail_visit = next(v for v in truth.visits if truth.visit(v).get("trail"))
+    counts = {int(v): int(n) for v, n in re.findall(r"(\d+): (\d+)", p.stderr.split(
+        "masked per visit")[1].splitlines()[0])}
+    assert set(counts) == set(truth.visits)
+    assert counts[trail_visit] > 1000 and sum(counts.values()) == counts[trail_visit]
+    path = repo.path("deepCoadd", filter="HSC-R", tract=0, patch="0,0")
+    with fits.open(path) as h:
+        img, var, mask = h["IMAGE"].data, h["VARIANCE"].data, h["MASK"].data
+        nimage = h["NIMAGE"].data
+        rejected = (mask & (1 << h["MASK"].header["MP_REJECTED"])) != 0
+        wcs = WCS(h["IMAGE"].header)
+    yy, xx = np.nonzero(nimage >= 1)
+    ra, dec = wcs.pixel_to_world_values(xx, yy)
+    dist = e2e._trail_distance(truth, ra, dec)
+    cover = {}
+    for (v, c), cpath in calexps.items():
+        e = read_exposure(cpath)
+        px, py = e.wcs.world_to_pixel_values(ra, dec)
+        inside = (px > 3) & (px < e.shape[1] - 4) & (py > 3) & (py < e.shape[0] - 4)
+        cover[v] = cover.get(v, False) | inside
+    ncover = sum(cover.values())
+    for n in (2, 4):
+        on = (dist < 0.7) & cover[trail_visit] & (ncover == n)
+        assert on.sum() > 100
+        assert rejected[yy[on], xx[on]].mean() > 0.95
+        z = img[yy[on], xx[on]] / np.sqrt(var[yy[on], xx[on]])
+        assert abs(np.median(z)) < 0.5          # without rejection: 14.6 at n = 2
+    # the masked input pixels lie along the trail: fewer than the coadd pixels
+    # within 10 px of it
+    assert counts[trail_visit] < np.sum(dist < 10)
+    e2e.test_stars_at_true_positions_with_input_fluxes(
+        dict(truth=truth, path=path, calexps=calexps))
