@@ -179,3 +179,50 @@ def test_singular_system_has_clear_message():
         _cholesky_solve(H, np.ones(2))
     with pytest.raises(SingularSystemError, match="not constrained"):
         _cholesky_solve(np.diag([1.0, 0.0]), np.ones(2))
+
+
+class _Parabola:
+    """chi^2 = (theta_0 - 1)^2 + (star_0 - 2)^2: known minima for the step control."""
+
+    def chi2(self, theta, stars):
+        return float((theta[0] - 1.0) ** 2 + (stars[0] - 2.0) ** 2)
+
+
+def test_line_search_halves_until_chi2_does_not_rise():
+    from tractpatch.jointcal.fitter import line_search
+
+    theta, stars = np.zeros(1), np.array([2.0])
+    # a step of 4 overshoots (chi^2 9 > 1); half of it lands at 2 (chi^2 1, not a rise)
+    t, s, c, step = line_search(_Parabola(), stars, lambda h: theta + h * 4.0,
+                                np.zeros(1), 0, 1.0)
+    assert (step, c, t[0], s[0]) == (0.5, 1.0, 2.0, 2.0)
+    # a step of 1e3 in the wrong direction never descends: 7 trials, the last at 1e3/64
+    t, s, c, step = line_search(_Parabola(), stars, lambda h: theta - h * 1e3,
+                                np.zeros(1), 0, 1.0)
+    assert step is None and t[0] == -1e3 / 64
+
+
+def test_no_descent_converges_within_rounding_or_tol_else_diverges():
+    from tractpatch.errors import DataQualityError
+    from tractpatch.jointcal.fitter import no_descent
+
+    assert no_descent(100.0, 100.0 + 1e-8, 1e-4)    # rounding
+    assert no_descent(100.0, 100.005, 1e-4)         # within tol
+    with pytest.raises(DataQualityError, match="fit diverged: chi2 100 rises to 150"):
+        no_descent(100.0, 150.0, 1e-4)
+
+
+def test_gauss_newton_hands_over_to_the_problem():
+    """A problem with its own ``gauss_newton`` (mosaic's block assembly) fits itself."""
+    from tractpatch.jointcal.fitter import FitResult, gauss_newton
+
+    calls = []
+
+    class Own(_Parabola):
+        def gauss_newton(self, theta, stars, free, fit_stars, max_iter, tol):
+            calls.append((free.tolist(), fit_stars, max_iter, tol))
+            return FitResult(0.0, 1, 1, True)
+
+    fit = gauss_newton(Own(), np.zeros(1), np.zeros(1), np.ones(1, bool), True, 7, 1e-3)
+    assert fit == FitResult(0.0, 1, 1, True)
+    assert calls == [([True], True, 7, 1e-3)]

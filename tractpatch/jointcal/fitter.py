@@ -435,6 +435,35 @@ def gauss_newton(problem, theta, stars, free_theta, fit_stars: bool, max_iter: i
                              dense_limit)
 
 
+def line_search(problem, stars, trial_theta, ds, n_star: int, chi2: float):
+    """The Gauss-Newton step, halved up to 6 times until ``problem.chi2`` does not rise.
+
+    ``trial_theta(step)`` gives the model parameters ``step`` along the step, ``ds`` the
+    star step (used where ``n_star``). Returns ``(theta, stars, chi2, step)`` of the
+    accepted trial, or of the last one with ``step`` None when none was accepted (see
+    :func:`no_descent`).
+    """
+    step = 1.0
+    for _ in range(7):
+        t_new = trial_theta(step)
+        s_new = stars + step * ds if n_star else stars
+        new_chi2 = problem.chi2(t_new, s_new)  # residuals only, no derivatives
+        if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
+            return t_new, s_new, new_chi2, step
+        step *= 0.5
+    return t_new, s_new, new_chi2, None
+
+
+def no_descent(chi2: float, new_chi2: float, tol: float) -> bool:
+    """After a failed :func:`line_search`: True (converged) where the shortest trial
+    changed chi^2 by no more than rounding or ``tol``, else :class:`DataQualityError`."""
+    if chi2 - new_chi2 > -1e-9 * chi2 or abs(new_chi2 - chi2) <= tol * chi2:
+        return True
+    raise DataQualityError(
+        f"fit diverged: chi2 {chi2:.6g} rises to {new_chi2:.6g} along the "
+        "Gauss-Newton step; check the input WCSs and the model order")
+
+
 def _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
                   dense_limit) -> FitResult:
     free_theta = np.asarray(free_theta, bool)
@@ -460,22 +489,17 @@ def _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
         dt, ds = solve_step(rows, free_map, n_free, n_star, dense_limit,
                             n_blocks=n_blocks)
         rows = None  # free the Jacobian while trial steps are evaluated
-        step = 1.0
-        for _ in range(7):
-            t_new = theta.copy()
-            t_new[free_theta] += step * dt
-            s_new = stars + step * ds if n_star else stars
-            new_chi2 = problem.chi2(t_new, s_new)  # residuals only, no derivatives
-            if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
-                break
-            step *= 0.5
-        else:
-            if chi2 - new_chi2 > -1e-9 * chi2 or abs(new_chi2 - chi2) <= tol * chi2:
-                converged = True
-                break
-            raise DataQualityError(
-                f"fit diverged: chi2 {chi2:.6g} rises to {new_chi2:.6g} along the "
-                "Gauss-Newton step; check the input WCSs and the model order")
+
+        def trial_theta(step, dt=dt):
+            t = theta.copy()
+            t[free_theta] += step * dt
+            return t
+
+        t_new, s_new, new_chi2, step = line_search(problem, stars, trial_theta, ds, n_star,
+                                                   chi2)
+        if step is None:
+            converged = no_descent(chi2, new_chi2, tol)
+            break
         theta[:] = t_new
         if n_star:
             stars[:] = s_new

@@ -49,8 +49,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg.blas import dsyrk
 
-from ..errors import DataQualityError
-from .fitter import FitResult, SingularSystemError
+from .fitter import FitResult, SingularSystemError, line_search, no_descent
 from .inputs import CcdImage, Detections, RefCatalog
 from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_order
 from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
@@ -777,25 +776,15 @@ def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter:
             stale = key in cache
             dt, ds, cache[key] = solve_blocks(rows, bp.n_params, free, fit_stars,
                                               cache.get(key))
-            step = 1.0
-            for _ in range(7):
-                t_new = theta + step * dt
-                s_new = stars + step * ds if n_star else stars
-                new_chi2 = bp.chi2(t_new, s_new)
-                if np.isfinite(new_chi2) and new_chi2 <= chi2 * (1 + 1e-12):
-                    break
-                step *= 0.5
-            else:
+            t_new, s_new, new_chi2, step = line_search(
+                bp, stars, lambda step, dt=dt: theta + step * dt, ds, n_star, chi2)
+            if step is None:
                 if stale and n_free:  # first a step with this iteration's own matrix
                     del cache[key]
                     it -= 1
                     continue
-                if chi2 - new_chi2 > -1e-9 * chi2 or abs(new_chi2 - chi2) <= tol * chi2:
-                    converged = True
-                    break
-                raise DataQualityError(
-                    f"fit diverged: chi2 {chi2:.6g} rises to {new_chi2:.6g} along the "
-                    "Gauss-Newton step; check the input WCSs and the model order")
+                converged = no_descent(chi2, new_chi2, tol)
+                break
             if step < 1.0 or not (fit_stars and bp.reuse_factor):
                 cache.pop(key, None)
             theta[:] = t_new
