@@ -296,7 +296,7 @@ def assemble(warps: list[CcdWarp], shape, config: CoaddDriverConfig,
     art = config.doArtifactRejection
     margin = config.artifactMargin if art else 0
     # artefact detection holds a significance cube, labels and a few boolean cubes
-    bytes_per_layer_row = nx * (24 if art else 12)
+    bytes_per_layer_row = nx * (32 if art else 12)
     rows = int(config.maxStackMemoryMB * 2 ** 20 / (bytes_per_layer_row * max(1, len(vlist))))
     rows = max(8, min(ny, rows - 2 * margin))
     rejected = mask_planes.bitmask("REJECTED")
