@@ -184,8 +184,12 @@ def accuracy(cat: Table, truth: Table, snr_min=20.0):
     dy = np.asarray(cat["y"])[sel] - ty[j[sel]]
     rms = float(np.sqrt(np.mean(dx ** 2 + dy ** 2) / 2))
     pulls = np.r_[dx / np.asarray(cat["x_err"])[sel], dy / np.asarray(cat["y_err"])[sel]]
+    # robust width: the rms is dominated by a handful of stars 12-20 px from bright
+    # galaxies (0.4-1.2 px errors, deblended), whose shifts change with any detail
+    d1 = np.r_[dx, dy]
+    robust = float(1.4826 * np.median(np.abs(d1 - np.median(d1))))
     return {"n": int(sel.sum()), "rms_pix": rms, "pull_std": float(np.std(pulls)),
-            "n_detected": len(cat)}
+            "n_detected": len(cat), "robust_pix": robust}
 
 
 def _ratio(a, b):
@@ -268,6 +272,9 @@ def main(argv=None):
     print(f"  centroid rms (isolated stars, S/N>20): SExtractor XWIN {a_sex['rms_pix']:.4f} px "
           f"(n={a_sex['n']}), ours {a_ours['rms_pix']:.4f} px (n={a_ours['n']}); pull std "
           f"SExtractor {a_sex['pull_std']:.2f}, ours {a_ours['pull_std']:.2f}")
+    print(f"  centroid robust sigma (1.4826 MAD, same stars): SExtractor "
+          f"{a_sex['robust_pix']:.4f} px, ours {a_ours['robust_pix']:.4f} px (ratio "
+          f"{a_ours['robust_pix'] / a_sex['robust_pix']:.3f}; not in the verdict)")
     rms_ratio = a_ours["rms_pix"] / a_sex["rms_pix"]
     speed = ratios["detectSources in-process"][0]
     # "no worse": within the statistical error of the rms (1/sqrt(2n) ~ 3% here)
