@@ -208,15 +208,67 @@ def test_series_kernel_equals_numpy():
     np.testing.assert_allclose(b[1][:, 2], v)
 
 
-def test_ccd_layout_equals_jointcal_layout(tiny):
-    """The batched layout start equals jointcal's image-by-image one."""
+def _layout_image_by_image(model, img, u, v, xi, eta):
+    """The layout and start of ConstrainedAstrometryModel.initialize as first written:
+    one least-squares fit per image (a mask over the whole grid each), the reference the
+    batched fits must reproduce. Returns (theta, scale, visit rotation)."""
+    from tractpatch.jointcal.astrometry_models import _lstsq_poly
+
+    theta = np.zeros(model.n_params)
+    vis, ccd = model.image_visit[img], model.image_ccd[img]
+    n = np.maximum(np.bincount(vis, None, model.n_visits), 1)
+    cx, cy = np.bincount(vis, xi, model.n_visits) / n, np.bincount(vis, eta, model.n_visits) / n
+    A = np.column_stack([np.ones_like(u), u, v])
+    fits = {g: np.linalg.lstsq(A[img == g], np.column_stack([xi[img == g], eta[img == g]]),
+                               rcond=None)[0] for g in np.unique(img)}
+    rot = np.zeros(model.n_visits)
+    for k in range(model.n_visits):
+        ang = [np.arctan2(c[1, 1], c[1, 0]) for g, c in fits.items()
+               if model.image_visit[g] == k]
+        if ang:
+            rot[k] = np.angle(np.mean(np.exp(1j * np.array(ang))))
+    rot -= np.angle(np.mean(np.exp(1j * rot)))
+    cr, sr = np.cos(rot[vis]), np.sin(rot[vis])
+    dx, dy = xi - cx[vis], eta - cy[vis]
+    fx, fy = cr * dx + sr * dy, -sr * dx + cr * dy
+    per_ccd = {}
+    for g in np.unique(img):
+        s = img == g
+        c = np.linalg.lstsq(A[s], np.column_stack([fx[s], fy[s]]), rcond=None)[0]
+        per_ccd.setdefault(int(model.image_ccd[g]), []).append(np.r_[c[:, 0], c[:, 1]])
+    for c, lst in per_ccd.items():
+        theta[model.ccd_base + 6 * c:model.ccd_base + 6 * c + 6] = np.median(lst, axis=0)
+    scale = float(np.max(np.abs(np.concatenate([fx, fy]))))
+    a = theta[model.ccd_base:].reshape(model.n_ccds, 6)[ccd]
+    fxm, fym = a[:, 0] + a[:, 1] * u + a[:, 2] * v, a[:, 3] + a[:, 4] * u + a[:, 5] * v
+    for k in np.unique(vis):
+        s = vis == k
+        c = _lstsq_poly(fxm[s] / scale, fym[s] / scale, np.column_stack([xi[s], eta[s]]),
+                        model.order)
+        base = k * 2 * model.nt
+        theta[base:base + 2 * model.nt] = np.r_[c[:, 0], c[:, 1]]
+    return theta, scale, rot
+
+
+@pytest.mark.parametrize("order", [1, 4])
+def test_layout_start_equals_image_by_image_fits(tiny, order):
+    """jointcal's layout start (and mosaic's, the same :func:`ccd_layout`), fitted for all
+    images at once, equals the image-by-image least-squares fits it replaced."""
     from tractpatch.jointcal.astrometry_models import ConstrainedAstrometryModel
 
     prep = tiny["prep"]
     gi, gu, gv, gxi, geta = prep.grid
     nv, nc = len(prep.visits), len(prep.ccds)
-    layout = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc, 1)
-    want = layout.initialize(gi, gu, gv, gxi, geta)[layout.ccd_base:].reshape(nc, 6)
-    got, scale = ms.ccd_layout(gi, gu, gv, gxi, geta, prep.img_visit, prep.img_ccd, nv, nc)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
-    assert scale == pytest.approx(layout.scale, rel=1e-12)
+    model = ConstrainedAstrometryModel(prep.img_visit, prep.img_ccd, nv, nc, order)
+    got = model.initialize(gi, gu, gv, gxi, geta)
+    want, scale, rot = _layout_image_by_image(model, gi, gu, gv, gxi, geta)
+    assert np.abs(got - want).max() <= 1e-10 * np.abs(want).max()
+    layout = got[model.ccd_base:].reshape(nc, 6)
+    want_layout = want[model.ccd_base:].reshape(nc, 6)
+    assert np.abs(layout - want_layout).max() <= 1e-10 * np.abs(want_layout).max()
+    assert model.scale == pytest.approx(scale, rel=1e-12)
+    np.testing.assert_allclose(model.visit_rotation, rot, rtol=0, atol=1e-12)
+    assert np.ptp(rot) > 1e-3  # the visits are rotated: the de-rotation is exercised
+    affine, ms_scale, _ = ms.ccd_layout(gi, gu, gv, gxi, geta, prep.img_visit, prep.img_ccd,
+                                        nv, nc)
+    assert np.array_equal(affine, layout) and ms_scale == model.scale

@@ -101,6 +101,63 @@ class SimpleAstrometryModel:
         return xi, eta, base, B, base + self.nt, B
 
 
+def _affine_fits(img, u, v, tx, ty, n_images):
+    """Least-squares ``t = c0 + c1 u + c2 v`` of every image at once: (n_images, 3, 2)
+    for (tx, ty), from the per-image normal equations (bincounts), NaN where an image
+    has no points."""
+    basis = (np.ones_like(u), u, v)
+    M = np.empty((n_images, 3, 3))
+    R = np.empty((n_images, 3, 2))
+    for a in range(3):
+        for b in range(a, 3):
+            M[:, a, b] = M[:, b, a] = np.bincount(img, basis[a] * basis[b], n_images)
+        R[:, a, 0] = np.bincount(img, basis[a] * tx, n_images)
+        R[:, a, 1] = np.bincount(img, basis[a] * ty, n_images)
+    out = np.full((n_images, 3, 2), np.nan)
+    ok = np.bincount(img, minlength=n_images) >= 3
+    out[ok] = np.linalg.solve(M[ok], R[ok])
+    return out
+
+
+def ccd_layout(img, u, v, xi, eta, image_visit, image_ccd, n_visits: int, n_ccds: int):
+    """The focal-plane layout from header positions ``(xi, eta)`` (arcsec) at normalised
+    CCD coordinates ``(u, v)`` on a grid of every image ``img``: per-CCD affine
+    ``a0..a5`` (n_ccds, 6), arcsec, the focal-plane scale, and the rotation of every
+    visit (rad); the start of :class:`ConstrainedAstrometryModel` and of mosaic's model.
+
+    The focal plane of a visit is its tangent-plane positions relative to the visit
+    centre, de-rotated by the visit's mean CCD orientation; each CCD's affine map is the
+    median over visits of its fit there. The per-image fits are done at once (one
+    bincount per normal-matrix element): fitted image by image with a mask over the whole
+    grid each, the 3120 images of 30 HSC visits took ~10 s.
+    """
+    n_images = len(image_visit)
+    vis = image_visit[img]
+    nvis = np.maximum(np.bincount(vis, None, n_visits), 1)
+    cx, cy = np.bincount(vis, xi, n_visits) / nvis, np.bincount(vis, eta, n_visits) / nvis
+    c = _affine_fits(img, u, v, xi, eta, n_images)
+    has = np.isfinite(c[:, 0, 0])
+    ang = np.arctan2(c[has, 1, 1], c[has, 1, 0])
+    iv = image_visit[has]
+    # rotator angle of each visit: the mean orientation of its CCDs' u axes on the sky
+    # (cameras rotate between visits; the focal plane is the de-rotated frame)
+    rot = np.arctan2(np.bincount(iv, np.sin(ang), n_visits),
+                     np.bincount(iv, np.cos(ang), n_visits))
+    rot -= np.arctan2(np.mean(np.sin(rot)), np.mean(np.cos(rot)))  # frame: the mean
+    cr, sr = np.cos(rot[vis]), np.sin(rot[vis])
+    dx, dy = xi - cx[vis], eta - cy[vis]
+    fx, fy = cr * dx + sr * dy, -sr * dx + cr * dy
+    f = _affine_fits(img, u, v, fx, fy, n_images)
+    per_image = np.concatenate([f[:, :, 0], f[:, :, 1]], axis=1)   # (n_images, 6)
+    affine = np.zeros((n_ccds, 6))
+    for k in range(n_ccds):  # median over the visits of each CCD
+        rows = per_image[has & (image_ccd == k)]
+        if len(rows):
+            affine[k] = np.median(rows, axis=0)
+    return affine, float(np.max(np.abs(np.concatenate([fx, fy])))) or 1.0, rot
+
+
+
 class ConstrainedAstrometryModel:
     """Per-CCD affine map to the focal plane ∘ per-visit polynomial to the sky.
 
@@ -129,47 +186,20 @@ class ConstrainedAstrometryModel:
     # --- layout and start ---------------------------------------------------------
     @blas_single_threaded  # small least-squares fits: BLAS threads only contend
     def initialize(self, img, u, v, xi, eta) -> np.ndarray:
-        """Layout from header positions, then per-visit polynomials reproducing them.
+        """Layout from header positions (:func:`ccd_layout`), then per-visit polynomials
+        reproducing them.
 
         The focal plane of a visit is its tangent-plane positions relative to the visit
-        centre; each CCD's affine map is the median over visits of its fit there.
+        centre, de-rotated; each CCD's affine map is the median over visits of its fit
+        there.
         """
         theta = np.zeros(self.n_params)
         vis = self.image_visit[img]
         ccd = self.image_ccd[img]
-        cx = np.bincount(vis, xi, self.n_visits) / np.maximum(np.bincount(vis, None,
-                                                                          self.n_visits), 1)
-        cy = np.bincount(vis, eta, self.n_visits) / np.maximum(np.bincount(vis, None,
-                                                                           self.n_visits), 1)
-        A = np.column_stack([np.ones_like(u), u, v])
-        # rotator angle of each visit: mean orientation of its CCDs' u axes on the sky
-        # (cameras rotate between visits; the focal plane is the de-rotated frame)
-        fits = {}
-        for g in np.unique(img):
-            s = img == g
-            fits[g] = np.linalg.lstsq(A[s], np.column_stack([xi[s], eta[s]]), rcond=None)[0]
-        ang = np.zeros(len(self.image_visit))
-        for g, c in fits.items():
-            ang[g] = np.arctan2(c[1, 1], c[1, 0])
-        rot = np.zeros(self.n_visits)
-        for k in range(self.n_visits):
-            gs = [g for g in fits if self.image_visit[g] == k]
-            if gs:
-                rot[k] = np.angle(np.mean(np.exp(1j * ang[gs])))
-        rot -= np.angle(np.mean(np.exp(1j * rot)))  # focal-plane frame: the mean orientation
-        self.visit_rotation = rot
-        cr, sr = np.cos(rot[vis]), np.sin(rot[vis])
-        dx, dy = xi - cx[vis], eta - cy[vis]
-        fx, fy = cr * dx + sr * dy, -sr * dx + cr * dy
-        per_ccd: dict[int, list] = {}
-        for g in np.unique(img):
-            s = img == g
-            c = np.linalg.lstsq(A[s], np.column_stack([fx[s], fy[s]]), rcond=None)[0]
-            per_ccd.setdefault(int(self.image_ccd[g]), []).append(
-                np.concatenate([c[:, 0], c[:, 1]]))
-        for c, lst in per_ccd.items():
-            theta[self.ccd_base + 6 * c:self.ccd_base + 6 * c + 6] = np.median(lst, axis=0)
-        self.scale = float(np.max(np.abs(np.concatenate([fx, fy])))) or 1.0
+        affine, self.scale, self.visit_rotation = ccd_layout(
+            img, u, v, xi, eta, self.image_visit, self.image_ccd, self.n_visits,
+            self.n_ccds)
+        theta[self.ccd_base:] = affine.ravel()
         fxm, fym = self._focal(theta, ccd, u, v)
         for k in np.unique(vis):
             s = vis == k

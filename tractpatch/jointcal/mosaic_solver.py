@@ -50,6 +50,7 @@ import scipy.sparse as sp
 from scipy.linalg.blas import dsyrk
 
 from .fitter import FitResult, SingularSystemError, line_search, no_descent
+from .astrometry_models import ccd_layout
 from .inputs import CcdImage, Detections, RefCatalog
 from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_order
 from .photometry_models import ConstrainedPhotometryModel, chebyshev_basis
@@ -79,8 +80,8 @@ def fit_mosaic(det: Detections, images: list[CcdImage], refcat: RefCatalog,
     gi, gu, gv, gxi, geta = prep.grid
     nv, nc = len(prep.visits), len(prep.ccds)
     # the layout start: jointcal's per-CCD affine in the de-rotated frame
-    affine, layout_scale = ccd_layout(gi, gu, gv, gxi, geta, prep.img_visit, prep.img_ccd,
-                                      nv, nc)
+    affine, layout_scale, _ = ccd_layout(gi, gu, gv, gxi, geta, prep.img_visit,
+                                         prep.img_ccd, nv, nc)
     ref = reference_ccd(affine, prep.img_ccd, nc)
     # rigid CCDs keep the camera's nominal pixel scale (median over CCDs)
     half_x = np.hypot(affine[:, 1], affine[:, 4])
@@ -121,60 +122,6 @@ def fit_mosaic(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         raise ValueError(f"assembly must be 'blocks' or 'sparse', not {assembly!r}")
     return fit_models_blocks(prep, amodel, theta, pmodel, config, focal)
 
-
-
-def _affine_fits(img, u, v, tx, ty, n_images):
-    """Least-squares ``t = c0 + c1 u + c2 v`` of every image at once: (n_images, 3, 2)
-    for (tx, ty), from the per-image normal equations (bincounts), NaN where an image
-    has no points."""
-    basis = (np.ones_like(u), u, v)
-    M = np.empty((n_images, 3, 3))
-    R = np.empty((n_images, 3, 2))
-    for a in range(3):
-        for b in range(a, 3):
-            M[:, a, b] = M[:, b, a] = np.bincount(img, basis[a] * basis[b], n_images)
-        R[:, a, 0] = np.bincount(img, basis[a] * tx, n_images)
-        R[:, a, 1] = np.bincount(img, basis[a] * ty, n_images)
-    out = np.full((n_images, 3, 2), np.nan)
-    ok = np.bincount(img, minlength=n_images) >= 3
-    out[ok] = np.linalg.solve(M[ok], R[ok])
-    return out
-
-
-def ccd_layout(img, u, v, xi, eta, image_visit, image_ccd, n_visits: int, n_ccds: int):
-    """The focal-plane layout of :meth:`.astrometry_models.ConstrainedAstrometryModel.
-    initialize` (per-CCD affine ``a0..a5``, arcsec, and the focal-plane scale) from
-    header positions ``(xi, eta)`` on a grid of every image, with the per-image fits
-    done at once (that method fits image by image, ~10 s for the 3120 images of 30 HSC
-    visits).
-
-    The focal plane of a visit is its tangent-plane positions relative to the visit
-    centre, de-rotated by the visit's mean CCD orientation; each CCD's affine map is the
-    median over visits of its fit there.
-    """
-    n_images = len(image_visit)
-    vis = image_visit[img]
-    nvis = np.maximum(np.bincount(vis, None, n_visits), 1)
-    cx, cy = np.bincount(vis, xi, n_visits) / nvis, np.bincount(vis, eta, n_visits) / nvis
-    c = _affine_fits(img, u, v, xi, eta, n_images)
-    has = np.isfinite(c[:, 0, 0])
-    ang = np.arctan2(c[has, 1, 1], c[has, 1, 0])
-    iv = image_visit[has]
-    # rotator angle of each visit: the mean orientation of its CCDs' u axes on the sky
-    rot = np.arctan2(np.bincount(iv, np.sin(ang), n_visits),
-                     np.bincount(iv, np.cos(ang), n_visits))
-    rot -= np.arctan2(np.mean(np.sin(rot)), np.mean(np.cos(rot)))
-    cr, sr = np.cos(rot[vis]), np.sin(rot[vis])
-    dx, dy = xi - cx[vis], eta - cy[vis]
-    fx, fy = cr * dx + sr * dy, -sr * dx + cr * dy
-    f = _affine_fits(img, u, v, fx, fy, n_images)
-    per_image = np.concatenate([f[:, :, 0], f[:, :, 1]], axis=1)   # (n_images, 6)
-    affine = np.zeros((n_ccds, 6))
-    for k in range(n_ccds):  # median over the visits of each CCD
-        rows = per_image[has & (image_ccd == k)]
-        if len(rows):
-            affine[k] = np.median(rows, axis=0)
-    return affine, float(np.max(np.abs(np.concatenate([fx, fy])))) or 1.0
 
 
 # --- residual rows in per-image block form ------------------------------------------------
