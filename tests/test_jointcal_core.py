@@ -202,6 +202,20 @@ def test_line_search_halves_until_chi2_does_not_rise():
     assert step is None and t[0] == -1e3 / 64
 
 
+def test_take_step_moves_in_place_and_tells_convergence():
+    from tractpatch.jointcal.fitter import take_step
+
+    theta, stars = np.zeros(2), np.zeros(1)
+    # chi^2 100 -> 99: 1/99 relative, above tol 1e-3; stars held fixed stay
+    assert not take_step(theta, stars, np.array([1.0, 2.0]), np.array([5.0]), 0,
+                         100.0, 99.0, 1e-3)
+    assert theta.tolist() == [1.0, 2.0] and stars.tolist() == [0.0]
+    # 100 -> 99.95: 5e-4 relative, below tol: converged; fitted stars move
+    assert take_step(theta, stars, np.array([3.0, 4.0]), np.array([5.0]), 1,
+                     100.0, 99.95, 1e-3)
+    assert theta.tolist() == [3.0, 4.0] and stars.tolist() == [5.0]
+
+
 def test_no_descent_converges_within_rounding_or_tol_else_diverges():
     from tractpatch.errors import DataQualityError
     from tractpatch.jointcal.fitter import no_descent

@@ -454,6 +454,16 @@ def line_search(problem, stars, trial_theta, ds, n_star: int, chi2: float):
     return t_new, s_new, new_chi2, None
 
 
+def take_step(theta, stars, t_new, s_new, n_star: int, chi2: float, new_chi2: float,
+              tol: float) -> bool:
+    """Move ``theta`` (and ``stars`` where ``n_star``) to the accepted trial, in place;
+    True (converged) when chi^2 fell by less than ``tol`` relative."""
+    theta[:] = t_new
+    if n_star:
+        stars[:] = s_new
+    return (chi2 - new_chi2) / max(new_chi2, 1e-300) < tol
+
+
 def no_descent(chi2: float, new_chi2: float, tol: float) -> bool:
     """After a failed :func:`line_search`: True (converged) where the shortest trial
     changed chi^2 by no more than rounding or ``tol``, else :class:`DataQualityError`."""
@@ -500,12 +510,9 @@ def _gauss_newton(problem, theta, stars, free_theta, fit_stars, max_iter, tol,
         if step is None:
             converged = no_descent(chi2, new_chi2, tol)
             break
-        theta[:] = t_new
-        if n_star:
-            stars[:] = s_new
-        rel = (chi2 - new_chi2) / max(new_chi2, 1e-300)
+        done = take_step(theta, stars, t_new, s_new, n_star, chi2, new_chi2, tol)
         chi2 = new_chi2
-        if rel < tol:
+        if done:
             converged = True
             break
         if it < max_iter:

@@ -49,7 +49,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg.blas import dsyrk
 
-from .fitter import FitResult, SingularSystemError, line_search, no_descent
+from .fitter import (FitResult, SingularSystemError, line_search, no_descent,
+                     take_step)
 from .astrometry_models import ccd_layout
 from .inputs import CcdImage, Detections, RefCatalog
 from .mosaic_models import MosaicAstrometryModel, per_visit_product, supported_order
@@ -734,12 +735,9 @@ def gauss_newton_blocks(bp, theta, stars, free_theta, fit_stars: bool, max_iter:
                 break
             if step < 1.0 or not (fit_stars and bp.reuse_factor):
                 cache.pop(key, None)
-            theta[:] = t_new
-            if n_star:
-                stars[:] = s_new
-            rel = (chi2 - new_chi2) / max(new_chi2, 1e-300)
+            done = take_step(theta, stars, t_new, s_new, n_star, chi2, new_chi2, tol)
             chi2 = new_chi2
-            if rel < tol:
+            if done:
                 converged = True
                 break
             if it < max_iter:
