@@ -129,6 +129,23 @@ def test_stars_in_all_inputs_kept_also_in_different_seeing(k):
             assert abs(a - f) < 5 * np.sqrt(np.pi * 144 / k) + 1e-3 * f
 
 
+def test_bright_star_wing_at_the_edge_of_an_input_not_cut():
+    # (seen in the mini survey) a bright star in worse seeing in input 0, whose core
+    # input 1 does not cover (NO_DATA left of x = 138): on the wings, compared with the
+    # sharper input 1 only, input 0 is far above; the star is a template source (the
+    # single input's level counts where only one covers), so nothing is cut
+    imgs, clean, var, msk = _inputs(2, sigmas=[3.0, 1.8], seed=5)
+    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    for k, s in enumerate([3.0, 1.8]):
+        imgs[k] += (2e5 / (2 * np.pi * s * s) * np.exp(-((xx - 130) ** 2 + (yy - 110) ** 2)
+                                                     / (2 * s * s))).astype(np.float32)
+    msk[1][:, :138] = MaskPlanes().bitmask("NO_DATA")
+    assert not detect_artifacts(imgs, var, msk, 1 << 8).any()
+    # without the template-source filter the wing would be cut
+    assert detect_artifacts(imgs, var, msk, 1 << 8,
+                            ArtifactParams(max_source_fraction=1.0))[0].sum() > 20
+
+
 def test_star_variable_in_majority_kept_and_pure_noise_untouched():
     # pure noise, 5 inputs: no footprint of 20 pixels above 3 sigma with a 5 sigma peak
     rng = np.random.default_rng(3)

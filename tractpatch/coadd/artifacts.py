@@ -70,7 +70,7 @@ def difference_significance(imgs, vars_, msks, bad_bits, ampfrac, out_sig, out_n
                             out_level_sn):
     """Per input and pixel the significance of ``imgs[k]`` above the template (0 where the
     input is not valid or fewer than two inputs are); ``out_n`` the valid inputs,
-    ``out_level_sn`` the level's signal-to-noise (0 where fewer than two)."""
+    ``out_level_sn`` the level's signal-to-noise (that of the value where one input)."""
     nin, ny, nx = imgs.shape
     for iy in prange(ny):
         vals = np.empty(nin)
@@ -89,6 +89,10 @@ def difference_significance(imgs, vars_, msks, bad_bits, ampfrac, out_sig, out_n
                     n += 1
             out_n[iy, ix] = n
             out_level_sn[iy, ix] = 0.0
+            if n == 1:
+                # nothing to compare, but a source seen by one input is still a source
+                # (e.g. a star whose core only one visit covers, its wings by two)
+                out_level_sn[iy, ix] = vals[0] / math.sqrt(sv)
             if n < 2:
                 continue
             if n == 2:
