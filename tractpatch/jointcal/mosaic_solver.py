@@ -537,6 +537,15 @@ class BlockProblem:
     subclasses give ``block_rows``, and :func:`.fitter.gauss_newton` hands its fits to
     :meth:`gauss_newton` (:func:`gauss_newton_blocks`)."""
 
+    def __init__(self, problem):
+        self.problem = problem
+        model, m = problem.model, problem.meas
+        self.model, self.meas = model, m
+        self.n_params = model.n_params
+        self.n_star = problem.n_star
+        #: measurements by visit, then image: the row order of :class:`BlockRows`
+        self.order = np.lexsort((m.img, model.image_visit[m.img]))
+
     def __getattr__(self, name):  # active, chi2, measurement_chi2, ...: the problem's
         return getattr(self.problem, name)
 
@@ -564,12 +573,8 @@ class AstrometryBlocks(BlockProblem):
     reuse_factor = True
 
     def __init__(self, problem: AstrometryProblem):
-        self.problem = problem
-        model, m = problem.model, problem.meas
-        self.model, self.meas = model, m
-        self.n_params = model.n_params
-        self.n_star = problem.n_star
-        self.order = np.lexsort((m.img, model.image_visit[m.img]))
+        super().__init__(problem)
+        model = problem.model
         nt = model.nt
         self.cols_xi = np.arange(model.n_visits)[:, None] * 2 * nt + np.arange(nt)
         self.ref_w = 1.0 / problem.ref_sigma
@@ -628,12 +633,8 @@ class PhotometryBlocks(BlockProblem):
     reuse_factor = False
 
     def __init__(self, problem: PhotometryProblem):
-        self.problem = problem
+        super().__init__(problem)
         model, m = problem.model, problem.meas
-        self.model, self.meas = model, m
-        self.n_params = model.n_params
-        self.n_star = problem.n_star
-        self.order = np.lexsort((m.img, model.image_visit[m.img]))
         self.cols = np.arange(model.n_visits)[:, None] * model.nt + np.arange(model.nt)
         self.ref_w = 1.0 / problem.ref_err
         img = m.img[self.order]
