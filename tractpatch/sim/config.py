@@ -107,6 +107,15 @@ class SimConfig(TaskConfig):
     # --- catalog-only mode ------------------------------------------------------------
     catalog_n_ccds: int = Field(104, ge=1, le=104, description="catalog-only: CCDs "
                                 "(full 2048x4176 HSC layout)")
+    catalog_distortion_arcsec: float = Field(10.0, description="catalog-only: radial "
+                                             "distortion (arcsec) at "
+                                             "catalog_distortion_radius_deg (HSC-like; the "
+                                             "pixel presets' distortion is scaled for their "
+                                             "small focal planes and would reach arcminutes "
+                                             "at the edge of the full camera)")
+    catalog_distortion_radius_deg: float = Field(0.75, gt=0, description="catalog-only: "
+                                                 "field angle (deg) of "
+                                                 "catalog_distortion_arcsec")
     catalog_visits_per_field: int = Field(15, ge=1, description="catalog-only: visits "
                                           "per filter (one field)")
     catalog_mag_limit: float = Field(24.0, description="catalog-only: faintest HSC "

@@ -73,13 +73,14 @@ def build_truth(config: SimConfig, seed: int, preset: str = "",
     if catalog_only:
         nx, ny, n_ccds = cam.HSC_NX, cam.HSC_NY, config.catalog_n_ccds
         n_fields, vpf = 1, config.catalog_visits_per_field
+        dist = (config.catalog_distortion_arcsec, config.catalog_distortion_radius_deg)
     else:
         nx, ny, n_ccds = config.ccd_nx, config.ccd_ny, config.n_ccds
         n_fields, vpf = config.n_fields, config.visits_per_field
+        dist = (config.distortion_arcsec, config.distortion_radius_deg)
     camera = cam.make_camera(n_ccds, nx, ny, config.ccd_gap_x, config.ccd_gap_y,
                              config.pixel_scale, config.ccd_rotation_rms_deg,
-                             config.qe_scatter, config.ccd_placement_error_px,
-                             config.distortion_arcsec, config.distortion_radius_deg,
+                             config.qe_scatter, config.ccd_placement_error_px, *dist,
                              seeded(seed, 1), config.bad_column_fraction)
     visits = make_visits(config, camera, seed, n_fields, vpf)
     filters = {f: dict(zero_point=config.zero_point[f],
