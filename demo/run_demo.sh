@@ -34,8 +34,8 @@ calibrateExposure.py "$ROOT" --rerun $RERUN --id tract=0 -j $J --config calibSou
 calibrateCatalog.py "$ROOT" --rerun $RERUN --id tract=0 -j $J --config calibSource=jointcal
 
 for f in HSC-R HSC-I; do
-  step "coaddDriver $f: warp and stack onto the patches of tract 0"
-  coaddDriver.py "$ROOT" --rerun $RERUN --id tract=0 filter=$f -j $J
+  step "coaddDriver $f: warp and stack onto the patches of tract 0 (artefact rejection on: the HSC-R satellite trail goes)"
+  coaddDriver.py "$ROOT" --rerun $RERUN --id tract=0 filter=$f -j $J --config doArtifactRejection=True
 done
 
 step "makeColorImage: colour picture of tract 0 (HSC-I red, HSC-R blue)"

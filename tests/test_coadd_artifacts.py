@@ -239,6 +239,13 @@ def test_simulated_survey_trail_rejected_where_two_visits_cover(tmp_path_factory
         "masked per visit")[1].splitlines()[0])}
     assert set(counts) == set(truth.visits)
     assert counts[trail_visit] > 1000 and sum(counts.values()) == counts[trail_visit]
+    # the coadd headers record the masked input pixels of each patch (NARTREJ)
+    logged = sum(int(n) for part in p.stderr.split("masked per visit")[1:]
+                 for n in re.findall(r"\d+: (\d+)", part.splitlines()[0]))
+    headers = sum(fits.getheader(f, "IMAGE")["NARTREJ"]
+                  for f in repo.path("deepCoadd", filter="HSC-R", tract=0,
+                                     patch="0,0").parent.glob("*.fits"))
+    assert headers == logged > 1000
     path = repo.path("deepCoadd", filter="HSC-R", tract=0, patch="0,0")
     with fits.open(path) as h:
         img, var, mask = h["IMAGE"].data, h["VARIANCE"].data, h["MASK"].data

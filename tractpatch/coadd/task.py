@@ -313,6 +313,9 @@ def write_coadd(path, res: CoaddResult, wcs, header: dict) -> None:
         if name == "IMAGE":
             hdu.header["MAGZERO"] = res.zero_point
             hdu.header["FLUXMAG0"] = 10 ** (0.4 * res.zero_point)
+            if res.artifact_pixels:  # only when artefact rejection ran
+                hdu.header["NARTREJ"] = (int(sum(res.artifact_pixels.values())),
+                                         "input pixels masked REJECTED as artefacts")
         if name == "EXPTIME":
             hdu.header["BUNIT"] = "s"
         hdus.append(hdu)
