@@ -66,20 +66,7 @@ def main(argv=None):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     rng = np.random.default_rng(0)
     pick = rng.choice(len(res.images), min(args.score_ccds, len(res.images)), replace=False)
-    mas, mmag = [], []
-    offs = []
-    for g in pick:
-        im = res.images[g]
-        x, y = np.meshgrid(np.linspace(0, im.nx - 1, 10), np.linspace(0, im.ny - 1, 10))
-        x, y = x.ravel(), y.ravel()
-        ra, dec = res.pixel_to_sky(g, x, y)
-        tra, tdec = truth.pixel_to_sky(im.visit, im.ccd, x, y)
-        mas.append(np.sqrt(np.mean((np.hypot((ra - tra) * np.cos(np.radians(dec)),
-                                             dec - tdec) * 3.6e6) ** 2)))
-        c = res.calibration(g, x, y)
-        dm = 2.5e3 * np.log10(c / truth.calibration(im.visit, im.ccd, x, y))
-        mmag.append(np.sqrt(np.mean(dm ** 2)))
-        offs.append(np.mean(dm))
+    mas, mmag, offs = truth.score(res, pick)
     print(f"jointcal fit ({args.model}): {res.counts['n_measurements']} measurements, "
           f"{res.counts['prepared_fittedStars']} fitted stars, {len(res.images)} CCD "
           f"images: {t_fit:.1f} s wall, {cpu_fit:.1f} s CPU, peak RSS {rss:.2f} GB, "

@@ -59,18 +59,7 @@ def _child(args) -> dict:
     cpu_fit = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
     rng = np.random.default_rng(0)
     pick = rng.choice(len(res.images), min(args.score_ccds, len(res.images)), replace=False)
-    mas, mmag = [], []
-    for g in pick:
-        im = res.images[g]
-        x, y = np.meshgrid(np.linspace(0, im.nx - 1, 10), np.linspace(0, im.ny - 1, 10))
-        x, y = x.ravel(), y.ravel()
-        ra, dec = res.pixel_to_sky(g, x, y)
-        tra, tdec = truth.pixel_to_sky(im.visit, im.ccd, x, y)
-        mas.append(np.sqrt(np.mean((np.hypot((ra - tra) * np.cos(np.radians(dec)),
-                                             dec - tdec) * 3.6e6) ** 2)))
-        dm = 2.5e3 * np.log10(res.calibration(g, x, y) /
-                              truth.calibration(im.visit, im.ccd, x, y))
-        mmag.append(np.sqrt(np.mean(dm ** 2)))
+    mas, mmag, _ = truth.score(res, pick)
     return {"solver": args.child, "n_meas": res.counts["n_measurements"],
             "n_images": len(res.images), "gen_s": t_gen, "fit_s": t_fit,
             "fit_cpu_s": cpu_fit,

@@ -84,6 +84,41 @@ class SyntheticTruth:
         U, V = fx / self.fp_scale, fy / self.fp_scale
         return c0 * self.gain[ccd] * (1 + cu * U + cvv * (2 * V ** 2 - 1))
 
+    def score(self, res, images=None, n: int = 10, photometry: bool = True):
+        """RMS of a fit's errors against this truth on an ``n`` × ``n`` pixel grid per CCD.
+
+        Parameters
+        ----------
+        res : JointcalResult
+            A jointcal or mosaic fit (``pixel_to_sky``, ``calibration`` per image).
+        images : sequence of int, optional
+            Indices into ``res.images`` to score (default: all).
+        photometry : bool
+            Also score the calibration (False for astrometry-only fits).
+
+        Returns
+        -------
+        mas, mmag, offset : ndarray
+            Per scored image: astrometric RMS (mas), calibration RMS and mean
+            (mmag; NaN without photometry).
+        """
+        images = range(len(res.images)) if images is None else images
+        mas, mmag, offset = [], [], []
+        for g in images:
+            im = res.images[g]
+            x, y = np.meshgrid(np.linspace(0, im.nx - 1, n), np.linspace(0, im.ny - 1, n))
+            x, y = x.ravel(), y.ravel()
+            ra, dec = res.pixel_to_sky(g, x, y)
+            tra, tdec = self.pixel_to_sky(im.visit, im.ccd, x, y)
+            d = np.hypot((ra - tra) * np.cos(np.radians(dec)), dec - tdec) * 3.6e6
+            mas.append(np.sqrt(np.mean(d ** 2)))
+            dm = (2.5e3 * np.log10(res.calibration(g, x, y) /
+                                   self.calibration(im.visit, im.ccd, x, y))
+                  if photometry else np.full(1, np.nan))
+            mmag.append(np.sqrt(np.mean(dm ** 2)))
+            offset.append(np.mean(dm))
+        return np.array(mas), np.array(mmag), np.array(offset)
+
 
 def make_synthetic(n_visits=6, ccd_grid=(4, 2), nx=1024, ny=1024, pixel_scale=0.2,
                    stars_per_ccd=200, dither=60.0, pointing_error=8.0,
