@@ -210,26 +210,10 @@ def test_simulated_survey_trail_rejected_where_two_visits_cover(tmp_path_factory
 
     import test_coadd_e2e as e2e
     from conftest import run_cmd
-    from tractpatch.image import read_exposure, write_exposure
-    from tractpatch.repo import Repository
-    from tractpatch.repo.exposure_io import load_exposure
-    from tractpatch.sim import make_demo_repo, preset_config
+    from tractpatch.image import read_exposure
 
     root = tmp_path_factory.mktemp("coadd_artifacts")
-    cfg = preset_config("tiny", overrides=["filters=[HSC-R]", "n_fields=1",
-                                           "visits_per_field=4", "cosmic_ray_rate=10",
-                                           "galaxy_density=50000"])
-    demo = make_demo_repo(root, config=cfg)
-    run_cmd("makeDiscreteSkyMap.py", root, "--rerun", "coadd", "--id", "filter=HSC-R",
-            "--config", "doPlot=False", "--no-progress", check=0)
-    repo = Repository(root, rerun="coadd")
-    calexps = {}
-    for row in repo.registry.exposures():
-        out = e2e._true_calexp(demo.truth, load_exposure(repo, row), row)
-        path = repo.path("calexp", pointing=row["pointing"] or 0, filter=row["filter"],
-                         tract=0, visit=row["visit"], ccd=row["ccd"])
-        write_exposure(path, out, {"CALIBSRC": "jointcal", "CALIBFIL": "sim-truth"})
-        calexps[(row["visit"], row["ccd"])] = path
+    demo, repo, calexps = e2e.trail_survey(root)
     p = run_cmd("coaddDriver.py", root, "--rerun", "coadd", "--id", "tract=0",
                 "filter=HSC-R", "--no-progress", "--config", "doArtifactRejection=True",
                 check=0)

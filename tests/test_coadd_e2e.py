@@ -37,13 +37,18 @@ def _true_calexp(truth, exp, row):
                     info=exp.info, mask_planes=exp.mask_planes, header=dict(exp.header))
 
 
-@pytest.fixture(scope="module")
-def coadd(tmp_path_factory):
+def trail_survey(root, skip=None):
+    """The coadd tests' survey in ``root``: one field, one filter, four visits (the
+    second carries the satellite trail), a discrete skymap (rerun ``coadd``) and a true
+    CALEXP per CCD (except ``skip``, a (visit, ccd)). Fewer cosmic rays and galaxies than
+    the preset leave more clean, isolated stars to measure.
+
+    Returns
+    -------
+    demo, repo, calexps : the simulation, the Repository, {(visit, ccd): CALEXP path}
+    """
     from conftest import run_cmd
 
-    root = tmp_path_factory.mktemp("coadd_e2e")
-    # one field, one filter, four visits (the second carries the satellite trail); fewer
-    # cosmic rays and galaxies than the preset leave more clean, isolated stars to measure
     cfg = preset_config("tiny", overrides=["filters=[HSC-R]", "n_fields=1",
                                            "visits_per_field=4", "cosmic_ray_rate=10",
                                            "galaxy_density=50000"])
@@ -53,13 +58,22 @@ def coadd(tmp_path_factory):
     repo = Repository(root, rerun="coadd")
     calexps = {}
     for row in repo.registry.exposures():
-        if (row["visit"], row["ccd"]) == SKIP_CCD:
+        if (row["visit"], row["ccd"]) == skip:
             continue
         out = _true_calexp(demo.truth, load_exposure(repo, row), row)
         path = repo.path("calexp", pointing=row["pointing"] or 0, filter=row["filter"],
                          tract=0, visit=row["visit"], ccd=row["ccd"])
         write_exposure(path, out, {"CALIBSRC": "jointcal", "CALIBFIL": "sim-truth"})
         calexps[(row["visit"], row["ccd"])] = path
+    return demo, repo, calexps
+
+
+@pytest.fixture(scope="module")
+def coadd(tmp_path_factory):
+    from conftest import run_cmd
+
+    root = tmp_path_factory.mktemp("coadd_e2e")
+    demo, repo, calexps = trail_survey(root, skip=SKIP_CCD)
     p = run_cmd("coaddDriver.py", root, "--rerun", "coadd", "--id", "tract=0",
                 "filter=HSC-R", "--no-progress", check=0)
     path = repo.path("deepCoadd", filter="HSC-R", tract=0, patch="0,0")
