@@ -220,3 +220,190 @@ def test_truncated_and_no_wcs_and_all_nan(tmp_path):
     fits.PrimaryHDU(np.full((10, 10), np.nan, np.float32), wcs_to_header(exp.wcs)).writeto(nan)
     with pytest.raises(UserError, match="NaN"):
         read_exposure(nan)
+
+
+# ---- direct reads of plain image HDUs (tractpatch.image.fits_read) ----------------------
+
+from tractpatch.image import fits_io, fits_read  # noqa: E402
+from tractpatch.image.fits_io import estimate_noise, read_plane  # noqa: E402
+
+
+def special_values(dtype, shape=(37, 53)):
+    """Random pixels of ``dtype`` plus the values a byte swap could get wrong."""
+    rng = np.random.default_rng(11)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        a = rng.normal(0, 1e3, shape).astype(dt)
+        flat = a.reshape(-1)
+        info = np.finfo(dt)
+        flat[:8] = [np.nan, np.inf, -np.inf, -0.0, info.tiny, info.max, -info.max,
+                    info.smallest_subnormal]
+        # a NaN with a payload: must come through bit for bit
+        flat[8:9].view(f"u{dt.itemsize}")[0] = (flat[0:1].view(f"u{dt.itemsize}")[0] | 5)
+    else:
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, info.max, shape, endpoint=True, dtype=dt)
+        a.reshape(-1)[:3] = [info.min, info.max, 0]
+    return a
+
+
+def as_bytes(a):
+    return np.ascontiguousarray(a).astype(a.dtype.newbyteorder("="), copy=False).tobytes()
+
+
+@pytest.mark.parametrize("chunk", [fits_read.CHUNK_BYTES, 1000, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32, np.uint8])
+def test_direct_read_bit_identical_to_astropy(tmp_path, monkeypatch, dtype, chunk):
+    # small chunks: the buffer loop, its remainder and an odd chunk size are exercised
+    monkeypatch.setattr(fits_read, "CHUNK_BYTES", chunk)
+    prim, ext = special_values(dtype), special_values(dtype, (5, 7))[::-1]
+    p = tmp_path / "planes.fits"
+    fits.HDUList([fits.PrimaryHDU(prim), fits.ImageHDU(np.zeros((3, 3), np.float32)),
+                  fits.ImageHDU(ext, name="SCI")]).writeto(p)
+    before = p.read_bytes()
+    with fits.open(p, memmap=False) as hdul:
+        for idx, want in ((0, prim), (2, ext)):
+            got = fits_read.read_plain_image(hdul[idx], p, hdul[idx].name)
+            ref = hdul[idx].data
+            assert got is not None and got.shape == ref.shape == want.shape
+            assert got.dtype == ref.dtype.newbyteorder("=") == np.dtype(dtype)
+            assert got.dtype.isnative and got.flags.owndata and got.flags.writeable
+            assert got.flags.c_contiguous
+            assert got.tobytes() == as_bytes(ref) == as_bytes(want)
+    plane, header = read_plane(p, "SCI")
+    assert plane.tobytes() == as_bytes(ext) and header["EXTNAME"] == "SCI"
+    assert p.read_bytes() == before  # read-only
+
+
+def test_mef_read_direct_and_bit_identical(tmp_path, monkeypatch):
+    exp = make_exposure(tan_wcs())
+    exp.image[3, 4] = np.nan
+    exp.image[5, 6] = -0.0
+    exp.mask[7, 8] = np.int32(-2**31)  # bit 31: the sign bit of the int32 plane
+    exp.variance[9, 9] = np.inf
+    p = tmp_path / "calexp.fits"
+    write_exposure(p, exp)
+    calls = []
+
+    def spy(hdu, path, name):
+        out = fits_read.read_plain_image(hdu, path, name)
+        calls.append((name, out is not None))
+        return out
+
+    monkeypatch.setattr(fits_io, "read_plain_image", spy)
+    back = read_exposure(p)
+    assert calls == [("IMAGE", True), ("MASK", True), ("VARIANCE", True),
+                     ("PHOTOCALIB", True)]
+    with fits.open(p) as h:
+        for plane, dtype in (("image", np.float32), ("mask", np.int32),
+                             ("variance", np.float32)):
+            arr = getattr(back, plane)
+            assert arr.dtype == dtype and arr.flags.owndata and arr.flags.writeable
+            assert arr.tobytes() == as_bytes(h[plane.upper()].data)
+    assert back.mask[7, 8] == -2**31 and np.signbit(back.image[5, 6])
+    assert back.mask_planes.planes == exp.mask_planes.planes
+
+
+def test_scaled_blank_and_compressed_images_go_through_astropy(tmp_path):
+    raw = np.arange(-6, 6, dtype=np.int16).reshape(3, 4)
+    cases = {}
+    scaled = fits.PrimaryHDU(raw.copy())
+    scaled.header["BSCALE"], scaled.header["BZERO"] = 0.5, 100.0
+    cases["scaled"] = (fits.HDUList([scaled]), 100.0 + 0.5 * raw)
+    unsigned = fits.PrimaryHDU(raw.copy())
+    unsigned.header["BZERO"] = 32768  # uint16 by the FITS convention
+    cases["unsigned"] = (fits.HDUList([unsigned]), raw.astype(np.int64) + 32768)
+    blank = fits.PrimaryHDU(raw.copy())
+    blank.header["BLANK"] = -6  # astropy returns float with NaN for it
+    cases["blank"] = (fits.HDUList([blank]), np.where(raw == -6, np.nan, raw))
+    img = special_values(np.float32, (40, 30))
+    img[~np.isfinite(img)] = 1.0
+    cases["fpack"] = (fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+        img, quantize_level=0.0, compression_type="GZIP_2")]), img)
+    for name, (hdul, want) in cases.items():
+        p = tmp_path / f"{name}.fits"
+        hdul.writeto(p)
+        with fits.open(p, memmap=False) as h:
+            idx = 1 if name == "fpack" else 0
+            assert fits_read.read_plain_image(h[idx], p, name) is None, name
+            ref = np.array(h[idx].data)
+        np.testing.assert_array_equal(ref, want)  # astropy applied the scaling
+        plane, _ = read_plane(p)
+        assert plane.dtype == ref.dtype and as_bytes(plane) == as_bytes(ref), name
+    # a gzip'ed file: astropy's offsets are into the decompressed stream
+    import gzip
+
+    p = tmp_path / "img.fits"
+    fits.PrimaryHDU(img).writeto(p)
+    gz = tmp_path / "img.fits.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    with fits.open(gz, memmap=False) as h:
+        assert fits_read.read_plain_image(h[0], gz, "PRIMARY") is None
+    assert as_bytes(read_plane(gz)[0]) == img.tobytes()
+
+
+def test_foreign_image_float32_path_same_as_float64(tmp_path):
+    """Foreign float32 images stay float32 and give what the float64 pipeline gave."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(10.0, 3.0, (120, 100)).astype(np.float32)
+    img[4, 5], img[6, 7] = np.nan, np.inf
+    p = tmp_path / "im.fits"
+    fits.PrimaryHDU(img, wcs_to_header(tan_wcs())).writeto(p)
+    var = np.full(img.shape, 4.0, np.float32)
+    var[1, 2] = np.nan
+    fits.PrimaryHDU(var).writeto(tmp_path / "im.var.fits")
+    got = read_image_file(p)
+    # the float64 pipeline by hand: 1.4826 MAD of the finite pixels, in float64
+    d = img.astype(np.float64)
+    d = d[np.isfinite(d)]
+    mad = np.median(np.abs(d - np.median(d)))
+    assert estimate_noise(img) == estimate_noise(img.astype(np.float64)) == 1.4826 * mad
+    assert got.variance.dtype == np.float32
+    assert np.all(got.variance == np.float32((1.4826 * mad) ** 2))
+    want = np.where(np.isfinite(img), img, np.float32(0.0))
+    assert got.image.dtype == np.float32 and got.image.tobytes() == want.tobytes()
+    nodata = got.mask_planes.bitmask("NO_DATA")
+    assert np.array_equal(got.mask != 0, ~np.isfinite(img)) and got.mask[4, 5] == nodata
+    got2 = read_image_file(p, variance=(tmp_path / "im.var.fits", None))
+    assert got2.variance[1, 2] == np.inf and got2.variance[0, 0] == 4.0
+    # integer images still go through float64 (exact for int16)
+    fits.PrimaryHDU(np.full((20, 20), -300, np.int16), wcs_to_header(tan_wcs())).writeto(
+        tmp_path / "i16.fits")
+    assert np.all(read_image_file(tmp_path / "i16.fits").image == -300.0)
+
+
+@pytest.mark.parametrize("where, hdu", [
+    ("image data", "[IMAGE]"), ("mask data", "[MASK]"), ("variance data", "[VARIANCE]"),
+    ("last pixels", "[VARIANCE]"), ("photocalib data", "[PHOTOCALIB]"),
+    ("mask header", "[2]"), ("data start", "[IMAGE]")])
+def test_truncated_mef_one_line(tmp_path, where, hdu):
+    exp = make_exposure(tan_wcs())
+    if where == "last pixels":
+        exp.photo_calib = None  # VARIANCE is the last HDU
+    good = tmp_path / "good.fits"
+    write_exposure(good, exp)
+    data = good.read_bytes()
+    with fits.open(good) as h:
+        loc = {x.name: x.fileinfo() for x in h}
+    cut = {"image data": loc["IMAGE"]["datLoc"] + 5000,
+           "mask data": loc["MASK"]["datLoc"] + 5000,
+           "variance data": loc["VARIANCE"]["datLoc"] + 5000,
+           # only the last two pixels missing: within the last 2880-byte block, so
+           # the direct reader's size check must catch it
+           "last pixels": loc["VARIANCE"]["datLoc"] + exp.variance.nbytes - 8,
+           "photocalib data": loc.get("PHOTOCALIB", {}).get("datLoc", 0) + 8,
+           "mask header": loc["MASK"]["hdrLoc"] + 400,
+           "data start": loc["IMAGE"]["datLoc"]}[where]
+    bad = tmp_path / "cut.fits"
+    bad.write_bytes(data[:cut])
+    with pytest.raises(UserError) as exc:
+        read_exposure(bad)
+    msg = str(exc.value)
+    assert "\n" not in msg and f"{bad}{hdu}" in msg and "truncated" in msg
+    if where == "last pixels":
+        assert "8 bytes before the data does" in msg
+    # padding missing but every pixel present: still readable, as astropy allows
+    full = tmp_path / "nopad.fits"
+    full.write_bytes(data[:loc["VARIANCE"]["datLoc"] + exp.variance.nbytes]
+                     if where == "last pixels" else data)
+    assert read_exposure(full).variance.tobytes() == exp.variance.tobytes()

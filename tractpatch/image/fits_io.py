@@ -10,9 +10,13 @@ Formats read:
 - tile-compressed (fpack) images, transparently;
 - companion weight (inverse variance), variance or mask files;
 - Pan-STARRS1 asinh-scaled stacks: ``flux = BOFFSET + BSOFTEN * 2 sinh(v / 1.0857362)``.
+
+Plain (uncompressed, unscaled) image planes are read straight into native arrays by
+:mod:`.fits_read`; everything else goes through astropy.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from astropy.io import fits
 from ..atomic import write_fits_atomic
 from ..errors import UserError
 from .exposure import Exposure, ExposureInfo
+from .fits_read import FITS_MAGIC, read_plain_image
 from .mask import MaskPlanes
 from .photocalib import PhotoCalib
 from .wcs_io import read_wcs, wcs_to_header
@@ -44,10 +49,49 @@ def open_fits(path) -> fits.HDUList:
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"{path}: not a readable FITS file ({exc}); "
                         "re-copy the file or leave it out") from None
+    try:
+        _check_complete(hdul, path)
+    except BaseException:
+        hdul.close()
+        raise
     return hdul
 
 
+def _check_complete(hdul, path) -> None:
+    """UserError when a plain FITS file ends inside its last HDU.
+
+    astropy only warns: it drops the HDUs it cannot find, so a calexp cut inside its
+    MASK would otherwise read as a foreign single image without mask or variance.
+    Missing padding after the data (the last partial 2880-byte block) is left to the
+    data readers, which fail only if pixels are missing.
+    """
+    with open(path, "rb") as f:
+        if f.read(len(FITS_MAGIC)) != FITS_MAGIC:
+            return  # gzip etc.: astropy's offsets are in the decompressed stream
+        size = os.fstat(f.fileno()).st_size
+        last = hdul[-1]
+        info = last.fileinfo()
+        if not info:
+            return
+        end = int(info["datLoc"]) + int(info["datSpan"])
+        name = last.name or str(len(hdul) - 1)
+        if size < end - 2879:
+            raise UserError(f"{path}[{name}]: pixel data cannot be read (the file is "
+                            f"{end - size} bytes shorter than its headers say); the file "
+                            "is truncated or corrupt: re-copy it")
+        if size > end:
+            f.seek(end)
+            if f.read(8) == b"XTENSION":
+                raise UserError(f"{path}[{len(hdul)}]: the file ends inside this "
+                                "extension's header; the file is truncated or corrupt: "
+                                "re-copy it")
+
+
 def _image_data(hdu, path, name):
+    """The 2-D pixels of ``hdu``: read directly when plain, else through astropy."""
+    data = read_plain_image(hdu, path, name)
+    if data is not None:
+        return data
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -144,13 +188,13 @@ def _read_mef(hdul, path) -> Exposure:
     if "PHOTOCALIB" in hdul:
         ph = hdul["PHOTOCALIB"].header
         bbox = tuple(float(ph[k]) for k in ("BBOX_X0", "BBOX_Y0", "BBOX_X1", "BBOX_Y1"))
-        pc = PhotoCalib(np.array(hdul["PHOTOCALIB"].data, dtype=np.float64), bbox,
+        coeffs = _image_data(hdul["PHOTOCALIB"], path, "PHOTOCALIB")
+        pc = PhotoCalib(np.array(coeffs, dtype=np.float64), bbox,
                         float(ph.get("CALIBERR", 0.0)))
     info = ExposureInfo.from_header(prim)
-    extra = {k: prim[k] for k in prim.keys()
-             if k not in fits.PrimaryHDU().header and k not in ExposureInfo.KEYWORDS.values()
-             and k not in ("FLUXMAG0", "CALIBMN", "COMMENT", "HISTORY", "", "CHECKSUM",
-                           "DATASUM")}
+    skip = set(fits.PrimaryHDU().header) | set(ExposureInfo.KEYWORDS.values()) | {
+        "FLUXMAG0", "CALIBMN", "COMMENT", "HISTORY", "", "CHECKSUM", "DATASUM"}
+    extra = {k: prim[k] for k in prim.keys() if k not in skip}
     return Exposure(image=image, mask=mask, variance=var, wcs=wcs, photo_calib=pc,
                     info=info, mask_planes=MaskPlanes.from_header(hdul["MASK"].header),
                     header=extra)
@@ -173,7 +217,9 @@ def read_plane(path, hdu=None) -> tuple[np.ndarray, fits.Header]:
     """Read one 2-D plane (image, weight, variance or mask) and its header."""
     with open_fits(path) as hdul:
         h = _pick_image_hdu(hdul, hdu, path)
-        data = np.array(_image_data(h, path, h.name or hdu))
+        data = _image_data(h, path, h.name or hdu)
+        if not data.flags.owndata:  # astropy's view of its buffer: detach it as before
+            data = np.array(data)
         return data, h.header.copy()
 
 
@@ -216,7 +262,7 @@ def read_image_file(path, hdu=None, weight=None, variance=None, mask=None,
     path = Path(path)
     with open_fits(path) as hdul:
         h = _pick_image_hdu(hdul, hdu, path)
-        data = np.array(_image_data(h, path, h.name or hdu), dtype=np.float64)
+        data = _float_pixels(_image_data(h, path, h.name or hdu))
         header = merged_header(hdul, h)
     data = undo_asinh_scaling(data, header)
     wcs = read_wcs(header, quirks=quirks, source=f"{path}")
@@ -233,21 +279,37 @@ def read_image_file(path, hdu=None, weight=None, variance=None, mask=None,
             maskarr[~(w > 0)] |= mp.bitmask("NO_DATA")
     elif variance is not None:
         var, _ = read_plane(*variance)
-        var = np.asarray(var, dtype=np.float64)
+        var = _float_pixels(var)
     else:
-        var = np.full(data.shape, estimate_noise(data) ** 2)
+        # float32 directly: the float64 value rounds to the same float32 as before
+        var = np.full(data.shape, estimate_noise(data) ** 2, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
         maskarr[bad] |= mp.bitmask("NO_DATA")
-        data = np.where(bad, 0.0, data)
+        data[bad] = 0.0  # ours (see _float_pixels): no full-size copy
     if not np.any(~bad):
         raise UserError(f"{path}: every pixel is NaN or infinite; leave the file out")
-    var = np.where(np.isfinite(var), var, np.inf)
+    var[~np.isfinite(var)] = np.inf  # var is a new array on every branch above
     if info is None:
         info = ExposureInfo.from_header(header)
-    return Exposure(image=data.astype(np.float32), mask=maskarr,
-                    variance=var.astype(np.float32), wcs=wcs, info=info,
+    # Exposure converts float64 to float32 (as astype did) and keeps float32 uncopied.
+    return Exposure(image=data, mask=maskarr, variance=var, wcs=wcs, info=info,
                     mask_planes=mp)
+
+
+def _float_pixels(data: np.ndarray) -> np.ndarray:
+    """``data`` as a floating array of our own to write into: float32 kept, else float64.
+
+    Keeping float32 planes in float32 saves two full-size copies per CCD and changes no
+    value: float32 -> float64 -> float32 is exact and :func:`estimate_noise` and
+    :func:`undo_asinh_scaling` compute in float64 whatever they are given.
+    """
+    if data.dtype == np.float32:
+        f = data.flags
+        if data.dtype.isnative and f.owndata and f.writeable and f.c_contiguous:
+            return data
+        return np.array(data, dtype=np.float32)
+    return np.array(data, dtype=np.float64)
 
 
 def translate_mask(raw: np.ndarray, mask_codes, mp: MaskPlanes) -> np.ndarray:
@@ -272,6 +334,7 @@ def estimate_noise(data: np.ndarray) -> float:
     d = data[np.isfinite(data)]
     if d.size > 200_000:
         d = d[:: d.size // 200_000]
+    d = np.asarray(d, dtype=np.float64)  # the same answer for float32 and float64 data
     if d.size == 0:
         return 1.0
     mad = np.median(np.abs(d - np.median(d)))
