@@ -1,9 +1,9 @@
 """The vectorised measurement kernels of tractpatch.sources against known answers.
 
-The window kernels (adaptive moments, windowed-centroid errors, the Gaussian matched
-filter) are numpy on per-source stamps grouped by window size; they are checked here
-against analytic Gaussians and against a plain per-source loop of the defining sums
-(SExtractor's formulae, as the numba kernels they replaced computed them). The growth
+The window kernels (windowed centroids with adaptive sizes, their errors, the Gaussian
+matched filter) are numpy on per-source stamps grouped by window size; they are checked
+here against analytic Gaussians and against a plain per-source loop of the defining
+sums and iterations (SExtractor's formulae). The growth
 helpers (isolation test, annulus medians) are checked against direct per-star
 computations, and the threaded per-source split against the serial result.
 """
@@ -13,12 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import sep
 
 from tractpatch.image import Exposure, ExposureInfo
 from tractpatch.sources.growth import _annulus_median, _isolated
-from tractpatch.sources.measure import (FWHM_PER_SIGMA, _window_errors, adaptive_fwhm,
-                                        gaussian_psf_flux)
+from tractpatch.sources.measure import FWHM_PER_SIGMA, gaussian_psf_flux
+from tractpatch.sources.stamps import stamp_index
 from tractpatch.sources.task import DetectSourcesConfig, _split, measure_exposure
+from tractpatch.sources.window import _errors, measure_windows
 
 
 def _gaussians(shape, x, y, flux, sigma):
@@ -32,44 +34,46 @@ def _gaussians(shape, x, y, flux, sigma):
     return img
 
 
-def _loop_adaptive(data, bad, x, y, s0, n_iter=12, s_max=30.0):
-    """The adaptive-moment iteration written out per source and pixel (reference)."""
-    ny, nx = data.shape
-    out = np.full(len(x), np.nan)
-    for i in range(len(x)):
-        sw = min(max(s0[i], 0.5), 15.0)
+def _box_window(shape, x, y, s):
+    """The separable box-truncated Gaussian window of :mod:`.window` over the image."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    rad = 4 * s
+    box = ((xx >= np.floor(x - rad)) & (xx <= np.ceil(x + rad))
+           & (yy >= np.floor(y - rad)) & (yy <= np.ceil(y + rad)))
+    dx, dy = xx - x, yy - y
+    return np.where(box, np.exp(-(dx ** 2 + dy ** 2) / (2 * s * s)), 0.0), dx, dy
+
+
+def _loop_windows(data, bad, x, y, s0, n_iter=400):
+    """The textbook iteration, written out per source over the whole image: the windowed
+    position ``x += 2 sum(w dx I) / sum(w I)`` and the adaptive size ``s^2 = 2 m``
+    (reference for the accelerated, stamp-based one)."""
+    good = np.where(bad.astype(bool), 0.0, data)
+    out = []
+    for xi, yi, si in zip(x, y, s0):
         for _ in range(n_iter):
-            rad = 4 * sw
-            x0, x1 = max(0, int(np.floor(x[i] - rad))), min(nx - 1, int(np.ceil(x[i] + rad)))
-            y0, y1 = max(0, int(np.floor(y[i] - rad))), min(ny - 1, int(np.ceil(y[i] + rad)))
-            yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1]
-            r2 = (xx - x[i]) ** 2 + (yy - y[i]) ** 2
-            w = np.exp(-r2 / (2 * sw * sw)) * np.where(bad[y0:y1 + 1, x0:x1 + 1], 0,
-                                                       data[y0:y1 + 1, x0:x1 + 1])
-            wi, wr = w.sum(), (w * r2).sum()
-            if not (wi > 0 and wr > 0):
-                sw = np.nan
-                break
-            sw = min(max(np.sqrt(wr / wi), 0.3), s_max)
-        out[i] = sw
-    return out
+            w, dx, dy = _box_window(data.shape, xi, yi, si)
+            wi = (w * good).sum()
+            mx, my = (w * dx * good).sum() / wi, (w * dy * good).sum() / wi
+            m = 0.5 * ((w * (dx ** 2 + dy ** 2) * good).sum() / wi - mx ** 2 - my ** 2)
+            xi, yi, si = xi + 2 * mx, yi + 2 * my, np.sqrt(2 * m)
+        out.append((xi, yi, si))
+    return np.array(out).T
 
 
 def _loop_errors(data, var, bad, x, y, sig, gain):
-    """SExtractor's ERRX2WIN written out per source (reference)."""
-    ny, nx = data.shape
+    """SExtractor's ERRX2WIN written out per source (reference), on the box window."""
     ex, ey = np.full(len(x), np.nan), np.full(len(x), np.nan)
-    yy, xx = np.mgrid[:ny, :nx]
+    good = ~bad.astype(bool)
     for i in range(len(x)):
-        dx, dy = xx - x[i], yy - y[i]
-        r2 = dx ** 2 + dy ** 2
-        use = (r2 < (4 * sig[i]) ** 2) & ~bad.astype(bool)
-        w = np.exp(-r2 / (2 * sig[i] ** 2))
+        w, dx, dy = _box_window(data.shape, x[i], y[i], sig[i])
+        w = np.where(good, w, 0.0)
         v = var + (np.clip(data, 0, None) / gain if gain else 0)
-        wi = (w * data)[use].sum()
+        wi = (w * data).sum()
         if wi > 0:
-            ex[i] = 2 * np.sqrt((w ** 2 * v * dx ** 2)[use].sum()) / wi
-            ey[i] = 2 * np.sqrt((w ** 2 * v * dy ** 2)[use].sum()) / wi
+            ex[i] = 2 * np.sqrt((w ** 2 * v * dx ** 2).sum()) / wi
+            ey[i] = 2 * np.sqrt((w ** 2 * v * dy ** 2).sum()) / wi
     return ex, ey
 
 
@@ -91,25 +95,82 @@ def field():
     return dict(img=img, noisy=noisy, bad=bad, var=var, x=x, y=y, sigma=sigma, flux=flux)
 
 
-def test_adaptive_fwhm_of_noiseless_gaussians_is_their_fwhm():
-    # isolated Gaussians; starting far too small (0.6 px) forces the wide ones' windows
-    # to outgrow their first stamps and move to larger ones
+def test_windows_of_noiseless_gaussians_are_their_sigma_and_centre():
+    # isolated Gaussians, detected up to 0.7 px off; starting far too small (0.6 px)
+    # forces the wide ones' windows to outgrow their first stamps and move to larger ones
     x = np.array([40.3, 160.8, 60.2, 170.5])
     y = np.array([50.6, 60.1, 170.9, 180.2])
     s = np.array([1.2, 2.5, 6.0, 9.0])
     img = _gaussians((260, 260), x, y, np.full(4, 1e4), s)
-    f = adaptive_fwhm(img, np.zeros(img.shape, np.uint8), x, y, np.full(4, 0.6), n_iter=40)
+    w = measure_windows(img, np.ones(img.shape), None, x + [0.5, -0.7, 0.3, 0.6],
+                        y + [-0.4, 0.2, 0.7, -0.5], np.full(4, 0.6), n_iter=60)
+    assert w.ok.all()
     # (pixel sampling of the 1.2 px Gaussian: 2e-5)
-    np.testing.assert_allclose(f, FWHM_PER_SIGMA * s, rtol=1e-4)
+    np.testing.assert_allclose(w.sigma, s, rtol=1e-4)
+    np.testing.assert_allclose(w.x, x, atol=1e-4)
+    np.testing.assert_allclose(w.y, y, atol=1e-4)
 
 
-def test_adaptive_fwhm_matches_the_per_source_loop(field):
+def test_windows_reach_the_textbook_fixed_point(field):
+    # noise, a masked column through a star, sources at the edges
     d = field["noisy"].astype(np.float32)
-    x, y, b = field["x"], field["y"], field["bad"]
+    x, y, b = field["x"] + 0.3, field["y"] - 0.4, field["bad"]
     s0 = np.array([1.0, 2.0, 4.0, 0.7, 3.0, 5.0, 1.5])
-    ref = _loop_adaptive(d, b, x, y, s0)
-    got = adaptive_fwhm(d, b, x, y, s0) / FWHM_PER_SIGMA
-    np.testing.assert_allclose(got, ref, rtol=1e-9)
+    rx, ry, rs = _loop_windows(d.astype(float), b, x, y, s0)
+    w = measure_windows(d, field["var"], b, x, y, s0, n_iter=60, tol=1e-7)
+    assert w.ok.all()
+    np.testing.assert_allclose(w.sigma, rs, rtol=1e-5)
+    np.testing.assert_allclose(w.x, rx, atol=1e-5)
+    np.testing.assert_allclose(w.y, ry, atol=1e-5)
+
+
+def test_sharp_sources_converge_instead_of_oscillating():
+    # a cosmic-ray track one pixel wide (5 px along y, peaked: a flat top has no
+    # well-defined window centre) and a single hot pixel. Along a
+    # sharp axis SExtractor's step factor 2 overshoots by the whole offset for ever;
+    # the per-axis factor is 1 there and the iteration lands on the pixel column.
+    img = np.zeros((40, 40))
+    p = np.array([300.0, 700.0, 900.0, 700.0, 300.0])
+    img[18:23, 10] = p
+    img[30, 30] = 500.0  # no second moment at all: no size (NaN)
+    w = measure_windows(img, np.ones(img.shape), None, np.array([10.3, 29.8]),
+                        np.array([20.4, 30.2]), np.array([0.9, 0.7]))
+    np.testing.assert_allclose(w.x, [10.0, 30.0], atol=1e-4)
+    np.testing.assert_allclose(w.y, [20.0, 30.0], atol=1e-4)
+    # the track's fixed point s^2 = 2 m = (0 + m_yy), the window-weighted variance of
+    # its five pixels at -2..2, with the 0.3 px floor (the plain iteration written out:
+    # this peaked track shrinks its window to the floor)
+    k, s2 = np.arange(-2, 3), 1.0
+    for _ in range(500):
+        wk = p * np.exp(-k ** 2 / (2 * s2))
+        s2 = max((wk * k ** 2).sum() / wk.sum(), 0.09)
+    assert w.sigma[0] == pytest.approx(np.sqrt(s2), rel=1e-4)
+    assert np.isnan(w.sigma[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_other_detections_are_left_out_of_the_window(seed):
+    # a star 14 px from a bright, wide galaxy (deblended by sep): the galaxy's light
+    # pulls the plain window, and the adaptive size runs away onto the galaxy (then the
+    # move is refused and the detection position kept); leaving the galaxy's
+    # segmentation pixels out of the star's window keeps both on the star
+    rng = np.random.default_rng(seed)
+    x, y = np.array([40.3, 54.3]), np.array([40.6, 40.6])
+    img = _gaussians((80, 90), x, y, np.array([2e4, 3e5]), np.array([1.7, 5.0]))
+    noisy = (img + rng.normal(0, 3.0, img.shape)).astype(np.float32)
+    var = np.full(img.shape, 9.0, np.float32)
+    objs, seg = sep.extract(noisy, 5.0, var=var, segmentation_map=True, minarea=5)
+    assert len(objs) == 2
+    i = int(np.argmin(np.hypot(objs["x"] - x[0], objs["y"] - y[0])))
+    x0, y0 = objs["x"][i:i + 1], objs["y"][i:i + 1]
+    s0 = np.sqrt(objs["a"] * objs["b"])[i:i + 1]
+    masked = measure_windows(noisy, var, None, x0, y0, s0, segmap=seg, ids=[i + 1])
+    plain = measure_windows(noisy, var, None, x0, y0, s0)
+    err_det = np.hypot(x0 - x[0], y0 - y[0])[0]
+    err_masked = np.hypot(masked.x - x[0], masked.y - y[0])[0]
+    assert masked.ok[0] and err_masked < 0.6 * err_det, (err_masked, err_det)
+    assert masked.sigma[0] == pytest.approx(1.7, rel=0.05)
+    assert plain.sigma[0] > 2.5 and not plain.ok[0]
 
 
 @pytest.mark.parametrize("gain", [None, 4.0])
@@ -119,7 +180,12 @@ def test_window_errors_match_the_per_source_loop(field, gain):
     x, y, b = field["x"] + 0.17, field["y"] - 0.31, field["bad"]
     sig = np.array([1.5, 5.5, 2.4, 1.7, 2.0, 10.0, 1.1])
     ref = _loop_errors(d.astype(float), var.astype(float), b, x, y, sig, gain)
-    got = _window_errors(d, var, b, x, y, sig, float(gain or 0.0))
+    half = 124
+    flat, usable, gx, gy = stamp_index(x, y, half, d.shape)
+    usable &= np.take(b.reshape(-1), flat) == 0
+    img = np.where(usable, np.take(d.reshape(-1), flat), 0.0)
+    v = np.where(usable, np.take(var.reshape(-1), flat), 0.0)
+    got = _errors(img, v, gx, gy, x, y, sig, float(gain or 0.0))
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)  # float32 planes
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from .measure import cut_stamps
+from .stamps import cut_stamps
 
 
 def moffat_alpha(fwhm, beta):

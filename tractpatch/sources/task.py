@@ -28,8 +28,8 @@ from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_
 from .classify import StellarLocus, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
 from .growth import GrowthCurve, fit_growth_curve
-from .measure import (FWHM_PER_SIGMA, adaptive_fwhm, aperture_fluxes, gaussian_psf_flux,
-                      mask_flags, windowed_centroids)
+from .measure import FWHM_PER_SIGMA, aperture_fluxes, gaussian_psf_flux, mask_flags
+from .window import measure_windows
 
 
 class DetectSourcesConfig(TaskConfig):
@@ -185,22 +185,22 @@ def _measure(exp, planes, config, label, pool) -> SourceMeasurement:
     blended = (np.asarray(objs["flag"]) & SEP_BLENDED) != 0
     sig0 = np.sqrt(np.asarray(objs["a"], float) * np.asarray(objs["b"], float))
 
-    def per_source(x0, y0, sig0, blended):
-        # window sigma: the adaptive-moment sigma at the detection position
-        # (core-matched; SExtractor's 2 r50 / 2.35 is inflated by Moffat wings); sqrt(ab)
-        # where it fails
-        sig = adaptive_fwhm(data, bad8, x0, y0, sig0) / FWHM_PER_SIGMA
-        sig = np.where(np.isfinite(sig), sig, np.clip(sig0, 0.5, None))
-        # a deblended source's window may not slide more than half its sigma (onto the
-        # neighbour)
-        max_shift = np.where(blended, np.clip(sig / 2, 0.5, None),
-                             2 * np.clip(sig, 0.5, None) + 1)
-        x, y, x_err, y_err, _ = windowed_centroids(data, var, bad8, x0, y0, sig, gain,
-                                                   max_shift)
-        aps = aperture_fluxes(data, var, bad8, x, y, radii, gain)
-        return (sig, x, y, x_err, y_err, *(v for r in radii for v in aps[r][:2]))
+    ids = np.arange(1, len(x0) + 1)  # sep's segmentation ids
+    bad_px = bad8 if planes.any_bad else None  # sep skips the mask reads without one
 
-    out = _split(pool, config.threads, len(x0), per_source, x0, y0, sig0, blended)
+    def per_source(x0, y0, sig0, blended, ids):
+        # windowed centroid and adaptive (core-matched) window sigma in one iteration,
+        # other detections' pixels left out of each window; sqrt(ab) where the moments
+        # fail
+        win = measure_windows(data, var, bad_px, x0, y0, sig0, segmap=segmap, ids=ids,
+                              gain=gain, blended=blended)
+        sig = np.where(np.isfinite(win.sigma), win.sigma, np.clip(sig0, 0.5, None))
+        aps = aperture_fluxes(data, var, bad_px, win.x, win.y, radii, gain)
+        return (sig, win.x, win.y, win.x_err, win.y_err,
+                *(v for r in radii for v in aps[r][:2]))
+
+    out = _split(pool, config.threads, len(x0), per_source, x0, y0, sig0, blended,
+                 ids)
     sig, x, y, x_err, y_err = out[:5]
     aps = {r: (out[5 + 2 * i], out[6 + 2 * i], None) for i, r in enumerate(radii)}
     fwhm = FWHM_PER_SIGMA * sig
