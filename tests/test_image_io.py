@@ -366,6 +366,17 @@ def test_foreign_image_float32_path_same_as_float64(tmp_path):
     assert np.array_equal(got.mask != 0, ~np.isfinite(img)) and got.mask[4, 5] == nodata
     got2 = read_image_file(p, variance=(tmp_path / "im.var.fits", None))
     assert got2.variance[1, 2] == np.inf and got2.variance[0, 0] == 4.0
+    # weights: variance 1 / w where w > 0, else infinite and NO_DATA
+    w = np.full(img.shape, 0.25, np.float32)
+    w[0, :5] = [0.0, -1.0, np.nan, np.inf, 1e-45]  # 1 / subnormal overflows to inf
+    fits.PrimaryHDU(w).writeto(tmp_path / "im.w.fits")
+    got3 = read_image_file(p, weight=(tmp_path / "im.w.fits", None))
+    assert got3.variance.dtype == np.float32 and got3.variance[5, 5] == 4.0
+    assert list(got3.variance[0, :5]) == [np.inf, np.inf, np.inf, 0.0, np.inf]
+    assert [got3.mask[0, i] == nodata for i in range(5)] == [True, True, True, False, False]
+    fits.PrimaryHDU(np.full(img.shape, 3, np.int16)).writeto(tmp_path / "im.wi.fits")
+    got4 = read_image_file(p, weight=(tmp_path / "im.wi.fits", None))
+    assert np.all(got4.variance == np.float32(1 / 3))  # 1.0 / 3 in float64, then float32
     # integer images still go through float64 (exact for int16)
     fits.PrimaryHDU(np.full((20, 20), -300, np.int16), wcs_to_header(tan_wcs())).writeto(
         tmp_path / "i16.fits")

@@ -273,13 +273,18 @@ def read_image_file(path, hdu=None, weight=None, variance=None, mask=None,
         maskarr |= translate_mask(raw.astype(np.int64), mask_codes, mp)
     if weight is not None:
         w, _ = read_plane(*weight)
-        with np.errstate(divide="ignore"):
-            var = np.where(w > 0, 1.0 / w, np.inf)
-        if bad_weight_is_nodata:
-            maskarr[~(w > 0)] |= mp.bitmask("NO_DATA")
+        good = w > 0
+        # 1 / w where the weight is positive, else infinite (never NaN): in the type of
+        # 1.0 / w, without the full-size temporaries of np.where(good, 1.0 / w, inf)
+        var = np.full(w.shape, np.inf, dtype=np.result_type(w.dtype, 1.0))
+        with np.errstate(over="ignore"):  # 1 / subnormal weight: infinite, as intended
+            np.divide(1.0, w, out=var, where=good)
+        if bad_weight_is_nodata and not good.all():
+            maskarr[~good] |= mp.bitmask("NO_DATA")
     elif variance is not None:
         var, _ = read_plane(*variance)
         var = _float_pixels(var)
+        var[~np.isfinite(var)] = np.inf
     else:
         # float32 directly: the float64 value rounds to the same float32 as before
         var = np.full(data.shape, estimate_noise(data) ** 2, dtype=np.float32)
@@ -287,9 +292,8 @@ def read_image_file(path, hdu=None, weight=None, variance=None, mask=None,
     if bad.any():
         maskarr[bad] |= mp.bitmask("NO_DATA")
         data[bad] = 0.0  # ours (see _float_pixels): no full-size copy
-    if not np.any(~bad):
+    if bad.all():
         raise UserError(f"{path}: every pixel is NaN or infinite; leave the file out")
-    var[~np.isfinite(var)] = np.inf  # var is a new array on every branch above
     if info is None:
         info = ExposureInfo.from_header(header)
     # Exposure converts float64 to float32 (as astype did) and keeps float32 uncopied.
