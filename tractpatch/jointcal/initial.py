@@ -204,3 +204,114 @@ def refine_image(xi, eta, ref_tree, ref_xi, ref_eta, radii=(3.0, 1.5, 0.75),
                                ((float(cx[1]), float(cx[2])), (float(cy[1]), float(cy[2]))),
                                int(ok.sum()))
     return corr
+
+
+@dataclass
+class VisitDistortion:
+    """Polynomial correction of one visit's offset-corrected header positions:
+    ``p + P(p)`` with ``P`` a full polynomial of ``order`` in ``(p - centre) / scale``
+    (arcsec), for the optical distortion a distortion-free header WCS lacks (HSC: ~10
+    arcsec at 0.75 deg; radial, ~r^3, so a cubic represents it)."""
+
+    centre: tuple[float, float]
+    scale: float
+    order: int
+    coef_xi: np.ndarray
+    coef_eta: np.ndarray
+    n_matched: int
+    rms_arcsec: float
+
+    def apply(self, xi, eta):
+        xi, eta = np.asarray(xi, float), np.asarray(eta, float)
+        a = _poly_terms(xi, eta, self.centre, self.scale, self.order)
+        return xi + a @ self.coef_xi, eta + a @ self.coef_eta
+
+
+def _poly_terms(xi, eta, centre, scale, order):
+    u, v = (xi - centre[0]) / scale, (eta - centre[1]) / scale
+    return np.column_stack([u ** (n - j) * v ** j for n in range(order + 1)
+                            for j in range(n + 1)])
+
+
+def _match_count(xi, eta, ref_tree, radius):
+    d, _ = ref_tree.query(np.column_stack([xi, eta]), distance_upper_bound=radius)
+    return int(np.isfinite(d).sum())
+
+
+@blas_single_threaded  # small least-squares fits
+def fit_visit_distortion(xi, eta, ref_tree, ref_xi, ref_eta, centre, order: int = 3,
+                         radius: float = 1.0, start_fraction: float = 0.3,
+                         grow: float = 1.25, min_per_term: int = 5
+                         ) -> VisitDistortion | None:
+    """Focal-plane polynomial taking one visit's positions onto the references, grown
+    outwards from the visit centre.
+
+    After the visit's shift and rotation, the header positions are good near the
+    optical axis but a distortion-free header is off by the optical distortion further
+    out (HSC: 2-15 arcsec beyond 0.5 deg), beyond any match radius: there the nearest
+    reference is a wrong star, and the per-CCD touch-up (:func:`refine_image`) fits the
+    random offsets of wrong matches. As the distortion is smooth, a polynomial fitted to
+    the unambiguous matches of an inner disc predicts it a little further out: the disc
+    grows by ``grow`` per step, each step matching within ``radius`` of the current
+    prediction and refitting (with 3-sigma clipping), until it holds every detection.
+
+    Parameters
+    ----------
+    xi, eta : ndarray
+        The visit's offset-corrected header positions (arcsec), brightest first or not.
+    ref_tree, ref_xi, ref_eta
+        KD-tree of the reference positions (arcsec, visit epoch) and the positions.
+    centre : (float, float)
+        The visit centre (arcsec): the disc's centre.
+    order : int
+        Polynomial order (lowered while an inner disc has too few matches).
+    radius : float
+        Match radius (arcsec).
+    start_fraction : float
+        Fraction of the detections in the first disc.
+
+    Returns
+    -------
+    VisitDistortion or None
+        None when too few detections match, or when the correction matches fewer
+        detections within ``radius`` than the positions without it (a header WCS that
+        already holds the distortion, or a field too small for a polynomial).
+    """
+    xi, eta = np.asarray(xi, float), np.asarray(eta, float)
+    r = np.hypot(xi - centre[0], eta - centre[1])
+    if len(r) == 0:
+        return None
+    r_max = float(r.max())
+    scale = r_max if r_max > 0 else 1.0
+    disc = float(np.quantile(r, start_fraction))
+    corr = None
+    while True:
+        inner = np.nonzero(r <= disc)[0]
+        px, py = corr.apply(xi[inner], eta[inner]) if corr else (xi[inner], eta[inner])
+        d, j = ref_tree.query(np.column_stack([px, py]), distance_upper_bound=radius)
+        ok = np.isfinite(d)
+        n_ok = int(ok.sum())
+        n_ord = order
+        while n_ord > 1 and n_ok < min_per_term * (n_ord + 1) * (n_ord + 2) // 2:
+            n_ord -= 1
+        if n_ok < min_per_term * 3:
+            return None
+        i, jj = inner[ok], j[ok]
+        a = _poly_terms(xi[i], eta[i], centre, scale, n_ord)
+        bx, by = ref_xi[jj] - xi[i], ref_eta[jj] - eta[i]
+        use = np.ones(len(i), bool)
+        for _ in range(2):  # the fit, then once more without the 3-sigma outliers
+            cx = np.linalg.lstsq(a[use], bx[use], rcond=None)[0]
+            cy = np.linalg.lstsq(a[use], by[use], rcond=None)[0]
+            res = np.hypot(a @ cx - bx, a @ cy - by)
+            # 2-d residuals: the median of a Rayleigh distribution is sigma sqrt(2 ln 2)
+            sig = float(np.median(res[use])) / np.sqrt(2 * np.log(2)) + 1e-6
+            use = res < 3 * sig
+        corr = VisitDistortion(centre, scale, n_ord, cx, cy, int(use.sum()),
+                               float(np.sqrt(np.mean(res[use] ** 2))))
+        if disc >= r_max:
+            break
+        disc = min(disc * grow, r_max)
+    before = _match_count(xi, eta, ref_tree, radius)
+    after = _match_count(*corr.apply(xi, eta), ref_tree, radius)
+    return corr if after > before else None

@@ -16,7 +16,8 @@ from ..errors import DataQualityError, UserError
 from .association import associate, match_references
 from .astrometry_models import ConstrainedAstrometryModel, SimpleAstrometryModel
 from .fitter import FitResult, gauss_newton
-from .initial import VisitOffset, find_visit_offset, header_positions, refine_image
+from .initial import (VisitOffset, find_visit_offset, fit_visit_distortion,
+                      header_positions, refine_image)
 from .inputs import CcdImage, Detections, RefCatalog
 from .photometry_models import ConstrainedPhotometryModel, SimplePhotometryModel
 from .problems import AstrometryProblem, Measurements, PhotometryProblem
@@ -311,6 +312,7 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
 
     # --- robust start: per-visit offset and rotation ------------------------------
     offsets = []
+    visit_dist: dict = {}
     image_corr: dict = {}
     keep_det = det_img >= 0
     for visit in sorted(visit_mjd):
@@ -339,8 +341,18 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
                  off.rotation_deg, off.n_matched, off.rms_arcsec)
         xi[sel], eta[sel] = off.apply(xi[sel], eta[sel])
         offsets.append(off)
-        # per-CCD affine touch-up: header distortion errors of a few arcsec
         tree = cKDTree(np.column_stack([rx[inside], ry[inside]]))
+        # focal-plane distortion missing from the header (grown out from the centre):
+        # beyond a few arcsec the per-CCD touch-up below finds only wrong references
+        brightest = sel[np.argsort(-det.flux[sel])[:20000]]
+        vdist = fit_visit_distortion(xi[brightest], eta[brightest], tree, rx[inside],
+                                     ry[inside], off.center, radius=config.refMatchRadius)
+        if vdist is not None:
+            xi[sel], eta[sel] = vdist.apply(xi[sel], eta[sel])
+            visit_dist[visit] = vdist
+            log.info("visit %d: focal-plane distortion start (order %d, %d matches, rms "
+                     "%.3f arcsec)", visit, vdist.order, vdist.n_matched, vdist.rms_arcsec)
+        # per-CCD affine touch-up: header distortion errors of a few arcsec
         for g in np.unique(det_img[sel]):
             s = sel[det_img[sel] == g]
             corr = refine_image(xi[s], eta[s], tree, rx[inside], ry[inside])
@@ -427,6 +439,8 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
         ra, dec = im.wcs.all_pix2world(x, y, 0)
         a, b = project(ra, dec, *tangent)
         a, b = off_by_visit[im.visit].apply(a, b)
+        if im.visit in visit_dist:
+            a, b = visit_dist[im.visit].apply(a, b)
         if kept[g] in image_corr:
             a, b = image_corr[kept[g]].apply(a, b)
         uu, vv_ = normalized(x, y, im.nx, im.ny)
