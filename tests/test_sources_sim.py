@@ -43,12 +43,14 @@ def matched(tmp_path_factory):
         # isolated: no object brighter than 5% of it within 12 px
         dd = np.hypot(tx[None, :] - tx[:, None], ty[None, :] - ty[:, None])
         np.fill_diagonal(dd, np.inf)
-        iso = np.min(np.where(counts[None, :] > 0.05 * counts[:, None], dd, np.inf),
-                     axis=1) > 12
+        near = np.min(np.where(counts[None, :] > 0.05 * counts[:, None], dd, np.inf),
+                      axis=1)
+        iso = near > 12
         fwhm_true = truth.psf_fwhm(row["visit"], row["ccd"], tx, ty) / PIXEL_SCALE
         alpha = fwhm_true / (2 * np.sqrt(2 ** (1 / BETA) - 1))
         in12 = 1 - (1 + (12 / alpha) ** 2) ** (1 - BETA)  # Moffat flux within 12 px
         out.append(dict(t=t, h=h, j=j, ok=ok, star=is_true_star[j], iso=iso[j],
+                        near=near[j],
                         x=tx[j], y=ty[j], flux12=(counts * in12)[j], counts=counts[j],
                         fwhm=np.median(fwhm_true), repo=repo, visit=row["visit"]))
     return out
@@ -100,8 +102,12 @@ def test_psf_fwhm_and_star_galaxy(matched):
         assert m["h"]["PSFFWPIX"] == pytest.approx(m["fwhm"], rel=0.2)
         assert m["h"]["PSFFWHM"] == pytest.approx(m["h"]["PSFFWPIX"] * PIXEL_SCALE,
                                                   rel=1e-3)
-        sel = _clean_stars(m, snr=20)
-        assert np.mean(m["t"]["is_star"][sel]) > 0.9
+        # the star test compares flux_psf with the 12-px aperture flux: a neighbour whose
+        # core lies just outside 12 px (a 1.8x brighter star at 13.5 px here) puts 27 %
+        # more light in the aperture, and that star is rightly not called a star; clean
+        # means no such neighbour within 12 px + 2 PSF FWHM
+        sel = _clean_stars(m, snr=20) & (m["near"] > 12 + 2 * m["fwhm"])
+        assert sel.sum() >= 10 and np.mean(m["t"]["is_star"][sel]) > 0.9
         # cosmic rays (masked CR by the simulator) are never stars
         cr = m["t"]["flag_cr"] & ~m["ok"]
         assert cr.sum() >= 3 and not np.any(m["t"]["is_star"][cr])

@@ -55,11 +55,11 @@ class DetectSourcesConfig(TaskConfig):
                                                 "the first pass's detections masked out "
                                                 "to this many isophotal a, b (None: one "
                                                 "pass)")
-    background_bin: int = Field(4, ge=1, description="the first sky pass (it only "
-                                "feeds detection when a second pass follows) is fitted "
-                                "on the image binned this many pixels square, the mesh "
-                                "unchanged in pixels: a third of the cost, no less "
-                                "accurate on the simulator's truth sky (1: full "
+    background_bin: int = Field(4, ge=1, description="the sky passes are fitted on the "
+                                "image binned this many pixels square (block means), "
+                                "the mesh unchanged in pixels, and the sky interpolated "
+                                "bilinearly between block centres: a sixth of the cost, "
+                                "no less accurate on the simulator's truth sky (1: full "
                                 "resolution)")
     aperture_radii: list[float] = Field([3.0, 6.0, 9.0, 12.0], min_length=1,
                                         description="aperture radii in pixels "
@@ -304,7 +304,7 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
     image, bad = planes.image, planes.bad
     two_pass = config.background_mask_scale is not None
     bkg = estimate_background(image, bad, config.background_box, config.background_filter,
-                              bin_factor=config.background_bin if two_pass else 1)
+                              bin_factor=config.background_bin)
     data = bkg.subtract(image, bad if planes.any_bad else None)
     objs, segmap = detect_sources(data, planes.var, bad.view(np.uint8), config.threshold,
                                   config.min_area, config.deblend_nthresh,
@@ -321,13 +321,10 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
         def sky2():
             bkg2 = estimate_background(image, source_mask(segmap, objs, bad,
                                                           config.background_mask_scale),
-                                       config.background_box, config.background_filter)
+                                       config.background_box, config.background_filter,
+                                       bin_factor=config.background_bin)
             if not bkg2.global_rms > 0:  # sep gives 0 when every mesh was too masked:
-                if bkg.factor == 1:      # the first pass's sky stays
-                    return None
-                # the binned first pass is blocky: measure on a full-resolution one
-                bkg2 = estimate_background(image, bad, config.background_box,
-                                           config.background_filter)
+                return None              # the first pass's sky stays
             # into the first pass's buffer: the detections no longer need it
             return bkg2, bkg2.subtract(image, bad if planes.any_bad else None, out=data)
         second = pool.submit(sky2)
