@@ -103,7 +103,8 @@ def test_windows_of_noiseless_gaussians_are_their_sigma_and_centre():
     s = np.array([1.2, 2.5, 6.0, 9.0])
     img = _gaussians((260, 260), x, y, np.full(4, 1e4), s)
     w = measure_windows(img, np.ones(img.shape), None, x + [0.5, -0.7, 0.3, 0.6],
-                        y + [-0.4, 0.2, 0.7, -0.5], np.full(4, 0.6), n_iter=60)
+                        y + [-0.4, 0.2, 0.7, -0.5], np.full(4, 0.6), n_iter=60,
+                        sigma_tol=1e-6)
     assert w.ok.all()
     # (pixel sampling of the 1.2 px Gaussian: 2e-5)
     np.testing.assert_allclose(w.sigma, s, rtol=1e-4)
@@ -117,7 +118,7 @@ def test_windows_reach_the_textbook_fixed_point(field):
     x, y, b = field["x"] + 0.3, field["y"] - 0.4, field["bad"]
     s0 = np.array([1.0, 2.0, 4.0, 0.7, 3.0, 5.0, 1.5])
     rx, ry, rs = _loop_windows(d.astype(float), b, x, y, s0)
-    w = measure_windows(d, field["var"], b, x, y, s0, n_iter=60, tol=1e-7)
+    w = measure_windows(d, field["var"], b, x, y, s0, n_iter=60, tol=1e-7, sigma_tol=1e-7)
     assert w.ok.all()
     np.testing.assert_allclose(w.sigma, rs, rtol=1e-5)
     np.testing.assert_allclose(w.x, rx, atol=1e-5)

@@ -63,36 +63,71 @@ class BackgroundResult:
         return data
 
 
-def _axis_weights(n, nb, f):
-    """Bilinear interpolation from ``nb`` block centres (``j f + (f - 1) / 2``) to
-    ``n`` pixels: lower block index, upper index and the upper weight per pixel
-    (constant beyond the outermost centres)."""
-    u = (np.arange(n) - (f - 1) / 2.0) / f
-    lo = np.clip(np.floor(u).astype(np.int64), 0, max(nb - 2, 0))
-    hi = np.minimum(lo + 1, nb - 1)
-    t = np.clip(u - lo, 0.0, 1.0).astype(np.float32)
-    return lo, hi, t
+def _phase_offsets(f):
+    """``(p, u)`` per phase: pixel ``j f + p`` of whole block ``j`` lies ``u = (p - (f -
+    1) / 2) / f`` block centres from centre ``j``, the same ``u`` for every block."""
+    return [(p, np.float32((p - (f - 1) / 2.0) / f)) for p in range(f)]
 
 
-def _subtract_binned(image, back, f, out=None, rows: int = 256):
-    """``image`` minus the sky ``back`` given at the centres of its ``f`` x ``f`` blocks,
-    interpolated bilinearly, in chunks of ``rows`` rows: the temporaries stay in cache
-    and no full-resolution sky map is made."""
-    ny, nx = image.shape
-    nby, nbx = back.shape
-    data = np.empty((ny, nx), np.float32) if out is None else out
-    xlo, xhi, xt = _axis_weights(nx, nbx, f)
-    back = back.astype(np.float32)
-    # along x first, on the binned rows (a quarter of the image at f = 4)
-    bx = back[:, xlo] * (1.0 - xt) + back[:, xhi] * xt
-    ylo, yhi, yt = _axis_weights(ny, nby, f)
-    for r0 in range(0, ny, rows):
-        r1 = min(ny, r0 + rows)
-        t = yt[r0:r1, None]
-        sky = bx[ylo[r0:r1]] * (1.0 - t)
-        sky += bx[yhi[r0:r1]] * t
-        np.subtract(image[r0:r1], sky, out=data[r0:r1])
+def _interp_cols(back, f, n):
+    """``back`` (k, nb): sky values at the centres ``j f + (f - 1) / 2`` of ``f``-pixel
+    blocks along axis 1, interpolated linearly to ``n`` columns (constant beyond the
+    outermost centres); one strided slice operation per phase, no gather."""
+    k, nb = back.shape
+    xc = nb * f
+    out = np.empty((k, n), np.float32)
+    o = out[:, :xc].reshape(k, nb, f)
+    d = back[:, 1:] - back[:, :-1]
+    for p, u in _phase_offsets(f):
+        if nb == 1 or u == 0:
+            o[:, :, p] = back
+        elif u < 0:  # between centres j - 1 and j; block 0 lies before the first one
+            np.multiply(d, u, out=o[:, 1:, p])
+            o[:, 1:, p] += back[:, 1:]
+            o[:, 0, p] = back[:, 0]
+        else:        # between centres j and j + 1; the last block lies beyond the last
+            np.multiply(d, u, out=o[:, :-1, p])
+            o[:, :-1, p] += back[:, :-1]
+            o[:, -1, p] = back[:, -1]
+    out[:, xc:] = back[:, -1:]
+    return out
+
+
+def _subtract_rows(image, bx, f, data):
+    """``data = image - sky``, the sky ``bx`` (nb, nx) given at the centres of
+    ``f``-row blocks and interpolated linearly between them (constant beyond the
+    outermost centres), one phase of rows at a time."""
+    nb = bx.shape[0]
+    yc = nb * f
+    d = bx[1:] - bx[:-1]
+    sky = np.empty_like(bx)
+    for p, u in _phase_offsets(f):
+        rows = slice(p, yc, f)
+        if nb == 1 or u == 0:
+            np.subtract(image[rows], bx, out=data[rows])
+            continue
+        if u < 0:
+            np.multiply(d, u, out=sky[1:])
+            sky[1:] += bx[1:]
+            sky[0] = bx[0]
+        else:
+            np.multiply(d, u, out=sky[:-1])
+            sky[:-1] += bx[:-1]
+            sky[-1] = bx[-1]
+        np.subtract(image[rows], sky, out=data[rows])
+    np.subtract(image[yc:], bx[-1:], out=data[yc:])
     return data
+
+
+def _subtract_binned(image, back, f, out=None):
+    """``image`` minus the sky ``back`` given at the centres of its ``f`` x ``f`` blocks
+    (whole blocks only), interpolated bilinearly and constant beyond the outermost
+    centres: along x on the binned rows, then along y fused with the subtraction. No
+    full-resolution sky map is made."""
+    ny, nx = image.shape
+    data = np.empty((ny, nx), np.float32) if out is None else out
+    bx = _interp_cols(np.asarray(back, np.float32), f, nx)
+    return _subtract_rows(image, bx, f, data)
 
 
 def _bin(image, f, reduce):
@@ -196,14 +231,13 @@ def source_mask(segmap: np.ndarray, objects, bad: np.ndarray, scale: float = 4.0
     gives up on meshes that are mostly masked) the ellipses shrink to half, then to the
     footprints alone; failing that, only ``bad`` is returned.
     """
-    seg = segmap > 0
-    need = min_sky_fraction * (~bad).sum()
+    need = min_sky_fraction * (bad.size - np.count_nonzero(bad))
     for r in (scale, scale / 2, 0.0):  # shrink the ellipses on small or crowded CCDs
-        src = seg.copy()
+        both = np.greater(segmap, 0)
         if r > 0 and len(objects):
-            sep.mask_ellipse(src, objects["x"], objects["y"], objects["a"], objects["b"],
-                             objects["theta"], r=r)
-        both = bad | src
-        if (~both).sum() >= need:
+            sep.mask_ellipse(both, objects["x"], objects["y"], objects["a"],
+                             objects["b"], objects["theta"], r=r)
+        both |= bad
+        if both.size - np.count_nonzero(both) >= need:
             return both
     return bad

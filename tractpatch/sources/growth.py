@@ -186,14 +186,15 @@ def _annulus_median(data, reject, x, y, r_in, r_out):
 
 
 def _touches(reject, x, y, use, radius):
-    """Sources of ``use`` with a ``reject`` pixel within ``radius`` (sum of the reject
-    image over the disc, one sep call; sep reads the boolean image as bytes, no
-    float copy)."""
+    """Sources of ``use`` with a ``reject`` pixel overlapping the disc of ``radius``:
+    the count of reject pixels whose centres lie within ``radius + sqrt(2) / 2`` (every
+    pixel that overlaps the disc; one sep call on the boolean image read as bytes,
+    pixel centres only, no exact overlaps)."""
     out = np.zeros(len(x), bool)
-    if use.any():
-        n, _, _ = sep.sum_circle(np.ascontiguousarray(reject, dtype=bool).view(np.uint8), x[use],
-                                 y[use], radius, subpix=0)
-        out[use] = np.asarray(n) > 0.01
+    if use.any() and reject.any():
+        n, _, _ = sep.sum_circle(np.ascontiguousarray(reject, dtype=bool).view(np.uint8),
+                                 x[use], y[use], radius + np.sqrt(0.5), subpix=1)
+        out[use] = np.asarray(n) > 0.5
     return out
 
 

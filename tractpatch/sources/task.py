@@ -25,6 +25,7 @@ from ..image.exposure import Exposure
 from ..repo.exposure_io import load_exposure
 from .background import estimate_background, source_mask
 from .catalog import FLAG_BITS, aperture_column, build_table, source_ids, write_src
+from .chunks import row_slices
 from .classify import StellarLocus, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
 from .growth import GrowthCurve, fit_growth_curve
@@ -273,11 +274,14 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
     mp = exp.mask_planes
     image = np.asarray(exp.image, dtype=np.float32)
     var = np.asarray(exp.variance, dtype=np.float32)
-    # in place: each CCD-sized temporary costs page faults
-    bad = (exp.mask & mp.bitmask(*config.bad_planes)) != 0
-    bad |= ~np.isfinite(image)
-    bad |= ~(var > 0)  # NaN compares False; +inf is caught below
-    bad |= np.isinf(var)
+    bits = mp.bitmask(*config.bad_planes)
+    bad = np.empty(image.shape, bool)
+    for rows in row_slices(image.shape[0]):
+        b = (exp.mask[rows] & bits) != 0
+        b |= ~np.isfinite(image[rows])
+        b |= ~(var[rows] > 0)  # NaN compares False; +inf is caught below
+        b |= np.isinf(var[rows])
+        bad[rows] = b
     if bad.all():
         raise DataQualityError(f"{label}: no usable pixels (all masked, NaN or zero "
                                "weight); the CCD is left out")
@@ -346,16 +350,19 @@ class _GrowthMasks:
 
 
 def _growth_masks(planes: _Planes, mp, objs, segmap) -> _GrowthMasks:
-    reject = planes.bad | ((planes.satmask & mp.bitmask("SAT", "CR", "BAD", "INTRP",
-                                                         "SUSPECT", "NO_DATA")) != 0)
+    bits = mp.bitmask("SAT", "CR", "BAD", "INTRP", "SUSPECT", "NO_DATA")
+    reject = np.empty(planes.bad.shape, bool)
+    for rows in row_slices(reject.shape[0]):
+        np.logical_or(planes.bad[rows], (planes.satmask[rows] & bits) != 0,
+                      out=reject[rows])
     # local sky annuli leave out every detection's footprint and core ellipse
     # (5 isophotal a, b: a galaxy's wings reach far), so neighbours do not bias it
     others = segmap > 0
     sep.mask_ellipse(others, objs["x"], objs["y"], objs["a"], objs["b"], objs["theta"],
                      r=5.0)
     others |= reject
-    # the median variance from every 7th pixel: the plane is smooth, 7x less work
-    sky_sigma = float(np.sqrt(np.median(planes.var.reshape(-1)[::7])))
+    # the median variance from every 61st pixel: the plane is smooth
+    sky_sigma = float(np.sqrt(np.median(planes.var.reshape(-1)[::61])))
     return _GrowthMasks(reject, others, sky_sigma)
 
 
