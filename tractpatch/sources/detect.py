@@ -23,8 +23,9 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
         Background-subtracted image (bad pixels set to 0).
     variance : ndarray
         Per-pixel variance (finite everywhere; bad pixels are masked anyway).
-    bad : ndarray of bool
-        Pixels excluded from detection.
+    bad : ndarray of bool or uint8, or None
+        Pixels excluded from detection (None: none; sep then skips the mask reads,
+        a fifth of its time on a CCD).
     threshold : float
         Detection threshold in sigma of the (filtered) per-pixel noise.
     min_area : int
@@ -51,7 +52,8 @@ def detect_sources(data: np.ndarray, variance: np.ndarray, bad: np.ndarray,
     sep.set_sub_object_limit(4096)
     args = (np.ascontiguousarray(data, dtype=np.float32), threshold)
     kwargs = dict(var=np.ascontiguousarray(variance, dtype=np.float32),
-                  mask=np.ascontiguousarray(bad, dtype=np.uint8), minarea=min_area,
+                  mask=None if bad is None else np.ascontiguousarray(bad, dtype=np.uint8),
+                  minarea=min_area,
                   deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont,
                   clean=clean, segmentation_map=True, filter_type=filter_type)
     size = int(pixstack)

@@ -310,7 +310,9 @@ def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, po
     bkg = estimate_background(image, bad, config.background_box, config.background_filter,
                               bin_factor=config.background_bin)
     data = bkg.subtract(image, bad if planes.any_bad else None)
-    objs, segmap = detect_sources(data, planes.var, bad.view(np.uint8), config.threshold,
+    objs, segmap = detect_sources(data, planes.var,
+                                  bad.view(np.uint8) if planes.any_bad else None,
+                                  config.threshold,
                                   config.min_area, config.deblend_nthresh,
                                   config.deblend_cont, config.clean,
                                   filter_type=config.filter_type)
