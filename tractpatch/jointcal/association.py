@@ -95,3 +95,118 @@ def match_references(star_xi, star_eta, ref_xi, ref_eta, radius: float) -> np.nd
     ok &= claimed[np.maximum(cand, 0)] == 1
     ref[ok] = cand[ok]
     return ref
+
+
+def flux_consistent(ref_index, star, visit, flux, ref_flux,
+                    max_mag: float = 1.0) -> np.ndarray:
+    """Which reference matches agree in flux with their fitted star.
+
+    A faint star next to a bright reference star whose own detections are dropped
+    (saturated) matches that reference by position alone; with sub-mas reference
+    errors and a flux 5 mag off, such a match cannot be rejected by the fit and
+    dominates both chi^2s. Each visit's zero point is the median reference/instrumental
+    flux ratio of its matched measurements (exposure times, transparency); a match is
+    kept when the median over its star's measurements of the ratio, over the visit's
+    zero point, is within ``max_mag`` magnitudes of 1 -- far looser than the colour
+    terms and focal-plane calibration variations (~0.1 mag), far tighter than a wrong
+    star. Matches without a finite reference flux are kept.
+
+    Parameters
+    ----------
+    ref_index : ndarray
+        Reference matched to each fitted star (-1: none), as :func:`match_references`.
+    star, visit, flux : ndarray
+        Fitted star, visit and instrumental flux of each measurement.
+    ref_flux : ndarray
+        Reference fluxes in the fitted filter (NaN where unknown).
+
+    Returns
+    -------
+    ndarray of bool
+        Per fitted star: False for a match to reject (True where none).
+    """
+    ref_index = np.asarray(ref_index)
+    rf = np.where(ref_index >= 0, np.asarray(ref_flux, float)[np.maximum(ref_index, 0)],
+                  np.nan)[star]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log10(rf / np.asarray(flux, float))
+    ok_m = np.isfinite(lr)
+    out = np.ones(len(ref_index), bool)
+    if not ok_m.any():
+        return out
+    # per-visit zero point: median over that visit's matched measurements
+    _, vi = np.unique(visit, return_inverse=True)
+    zp = np.full(vi.max() + 1, np.nan)
+    for v in np.unique(vi[ok_m]):  # one median per visit (tens to hundreds of visits)
+        zp[v] = np.median(lr[ok_m & (vi == v)])
+    d = lr - zp[vi]
+    ok_m &= np.isfinite(d)
+    # per-star median of the deviations (sort by star, take the middle one)
+    s, dd = np.asarray(star)[ok_m], d[ok_m]
+    o = np.lexsort((dd, s))
+    s, dd = s[o], dd[o]
+    first = np.searchsorted(s, np.arange(len(ref_index)))
+    n = np.bincount(s, minlength=len(ref_index))
+    has = n > 0
+    med = np.full(len(ref_index), 0.0)
+    med[has] = dd[first[has] + (n[has] - 1) // 2]
+    out[has] = np.abs(med[has]) <= max_mag / 2.5
+    return out
+
+
+def _median_by(key, values, n_keys: int) -> np.ndarray:
+    """Median of ``values`` per integer ``key`` (NaN for keys without values)."""
+    o = np.lexsort((values, key))
+    k, v = key[o], values[o]
+    n = np.bincount(k, minlength=n_keys)
+    first = np.searchsorted(k, np.arange(n_keys))
+    out = np.full(n_keys, np.nan)
+    has = n > 0
+    lo = v[first[has] + (n[has] - 1) // 2]
+    hi = v[first[has] + n[has] // 2]
+    out[has] = 0.5 * (lo + hi)
+    return out
+
+
+def flux_outliers(star, visit, flux, max_mag: float = 1.0) -> np.ndarray:
+    """Measurements whose flux is more than ``max_mag`` magnitudes off their star's.
+
+    In a crowded field a star whose own detections are missing in some visits
+    (saturated, in a gap) gets linked with a neighbour detected in those visits: one
+    group, two stars, no visit twice. The faint measurements' small absolute errors then
+    pull the star's flux to theirs, and outlier rejection throws away the right ones.
+    Each star's median instrumental flux (after each visit's median zero point, for
+    exposure times and transparency) names what it is; measurements more than
+    ``max_mag`` off are another star. Stars with fewer than 3 measurements are left
+    alone (no majority).
+
+    Parameters
+    ----------
+    star : ndarray of int
+        Fitted-star index of each measurement (>= 0).
+    visit : ndarray
+        Visit of each measurement.
+    flux : ndarray
+        Instrumental flux (counts) of each measurement.
+
+    Returns
+    -------
+    ndarray of bool
+        True for measurements to drop.
+    """
+    star = np.asarray(star, np.int64)
+    out = np.zeros(len(star), bool)
+    if len(star) == 0:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lf = np.log10(np.asarray(flux, float))
+    ok = np.isfinite(lf)
+    n_stars = int(star.max()) + 1
+    _, vi = np.unique(visit, return_inverse=True)
+    med = _median_by(star[ok], lf[ok], n_stars)
+    zp = _median_by(vi[ok], (lf - med[star])[ok], int(vi.max()) + 1)
+    lf0 = lf - np.nan_to_num(zp[vi])
+    med = _median_by(star[ok], lf0[ok], n_stars)
+    n = np.bincount(star[ok], minlength=n_stars)
+    out[ok] = (n[star[ok]] >= 3) & (np.abs(lf0[ok] - med[star[ok]]) > max_mag / 2.5)
+    return out

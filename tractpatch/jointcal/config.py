@@ -25,6 +25,11 @@ class JointFitConfig(TaskConfig):
                                        "minSnr cut, selected measurements are biased bright")
     matchRadius: float = Field(1.0, gt=0, description="cross-visit association radius (arcsec)")
     refMatchRadius: float = Field(1.0, gt=0, description="reference match radius (arcsec)")
+    refMatchMaxMagDiff: float = Field(1.0, gt=0, description="a measurement this many "
+                                      "magnitudes off its fitted star's median flux, or a "
+                                      "reference match this far off its star's flux (after "
+                                      "each visit's median zero point), is dropped: a "
+                                      "crowded neighbour, e.g. of a saturated star")
     minMeasurementsPerCcd: int = Field(20, ge=1, description="CCDs with fewer associated "
                                        "measurements are dropped")
     initialOffsetMax: float = Field(15.0, gt=0, description="largest header pointing "

@@ -13,7 +13,7 @@ import scipy.special
 from scipy.spatial import cKDTree
 
 from ..errors import DataQualityError, UserError
-from .association import associate, match_references
+from .association import associate, flux_consistent, flux_outliers, match_references
 from .astrometry_models import ConstrainedAstrometryModel, SimpleAstrometryModel
 from .fitter import FitResult, gauss_newton
 from .initial import (VisitOffset, find_visit_offset, fit_visit_distortion,
@@ -372,6 +372,15 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
     assoc = associate(xi[idx], eta[idx], det.visit[idx], config.matchRadius, 2, near_ref)
     star = np.full(len(det), -1, np.int64)
     star[idx] = assoc.star
+    # two crowded stars linked where each misses the other's visits: split off the
+    # measurements far from their group's flux
+    linked = np.nonzero(star >= 0)[0]
+    other = flux_outliers(star[linked], det.visit[linked], det.flux[linked],
+                          config.refMatchMaxMagDiff)
+    if other.any():
+        log.info("%d measurements dropped from their fitted star: flux %.1f mag or more "
+                 "off its median", int(other.sum()), config.refMatchMaxMagDiff)
+        star[linked[other]] = -1
     counts = {"collected_refStars": int(len(refcat)),
               "matched_fittedStars": int(assoc.n_stars)}
     # drop CCDs with too few measurements
@@ -403,6 +412,13 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
     sx = np.bincount(star_of, xi[sel], n_stars) / cnt
     sy = np.bincount(star_of, eta[sel], n_stars) / cnt
     ref_index = match_references(sx, sy, ref_xi, ref_eta, config.refMatchRadius)
+    # a faint neighbour of a saturated (dropped) reference star is no match for it
+    wrong_flux = ~flux_consistent(ref_index, star_of, det.visit[sel], det.flux[sel],
+                                  refcat.flux, config.refMatchMaxMagDiff)
+    if wrong_flux.any():
+        log.info("%d reference matches dropped: flux %.1f mag or more off their star's",
+                 int(wrong_flux.sum()), config.refMatchMaxMagDiff)
+        ref_index[wrong_flux] = -1
     n_ref = int((ref_index >= 0).sum())
     counts.update(prepared_refStars=n_ref, prepared_fittedStars=int(n_stars),
                   prepared_ccdImages=len(kimages), n_measurements=int(len(sel)))
