@@ -4,8 +4,10 @@ Modules, in the order the fit uses them:
 
 - :mod:`.inputs` — Detections / CcdImage / RefCatalog dataclasses, SRC reading + selection;
 - :mod:`.tangent` — the tract's tangent plane (arcsec);
-- :mod:`.initial` — per-visit pointing/rotation search, per-CCD affine touch-up;
-- :mod:`.association` — cross-visit friends-of-friends, unambiguous reference matches;
+- :mod:`.initial` — per-visit pointing/rotation search, per-visit focal-plane
+  distortion polynomial grown from the centre, per-CCD affine touch-up;
+- :mod:`.association` — cross-visit friends-of-friends, unambiguous reference matches,
+  flux checks of both (crowded neighbours);
 - :mod:`.astrometry_models`, :mod:`.photometry_models` — simple and constrained models;
 - :mod:`.problems` — the two least-squares problems as residual rows;
 - :mod:`.fitter` — sparse Gauss-Newton with stars eliminated (Schur complement);

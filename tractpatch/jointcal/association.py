@@ -4,6 +4,10 @@ Association is a friends-of-friends grouping of all detections within a radius
 (``cKDTree.query_pairs`` + connected components, vectorised); a group holding two
 detections of the same visit is ambiguous (blend, double star) and dropped. Reference
 matching keeps only one-to-one matches whose second-nearest candidate is beyond the radius.
+In a crowded field positions alone are not enough: a star missing from some visits
+(saturated) links with a neighbour detected in those, and a faint neighbour of a
+saturated reference star matches it; :func:`flux_outliers` and :func:`flux_consistent`
+drop the measurements and matches whose flux is far off their star's.
 """
 from __future__ import annotations
 

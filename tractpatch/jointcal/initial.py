@@ -6,6 +6,10 @@ before the fine fit: for a small grid of trial rotations about the visit centre,
 detection–reference pair within the search radius votes for its offset in a 2-D
 histogram; the rotation whose histogram has the sharpest peak wins, and the shift and
 rotation are then refined by least squares on the pairs near the peak.
+A header without the optical distortion is still off by its full amount far from the
+axis (HSC: ~10 arcsec at 0.75 deg): a per-visit polynomial grown outwards from the centre
+(:func:`fit_visit_distortion`) takes it out before the per-CCD affine touch-up
+(:func:`refine_image`).
 """
 from __future__ import annotations
 

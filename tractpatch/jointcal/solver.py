@@ -282,9 +282,10 @@ def prepare_fit(det: Detections, images: list[CcdImage], refcat: RefCatalog,
                 config) -> PreparedFit:
     """Robust start, association, reference matching and measurement arrays.
 
-    The part of the calibration both solvers share: per-visit pointing/rotation search
-    and per-CCD affine touch-up from the header WCSs, friends-of-friends association,
-    unambiguous reference matches, CCDs with too few stars dropped.
+    The part of the calibration both solvers share: per-visit pointing/rotation search,
+    focal-plane distortion and per-CCD affine touch-up from the header WCSs,
+    friends-of-friends association, unambiguous reference matches (both checked in
+    flux), CCDs with too few stars dropped.
 
     Raises
     ------
