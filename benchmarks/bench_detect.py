@@ -23,8 +23,13 @@ sensitive to other load on the machine. Centroid accuracy: rms of the windowed
 position error of isolated S/N > 20 stars against the truth, and the pull width. The
 last line is a one-line verdict with the ratios (``>1`` means detectSources is faster).
 
+With ``--bad-columns N`` the CCD has N hot bad columns (2000 counts above the sky, as
+real CCDs have): BAD in our mask plane, and for SExtractor a variance of 1e31 there
+(above its WEIGHT_THRESH, so the pixels are left out) and flag 1 in its flag image.
+Both tools then pay for their masks.
+
 Usage: .venv/bin/python benchmarks/bench_detect.py [--nx 2048] [--ny 4176]
-       [--nstars 3000] [--repeat 3] [--nccd 8] [--threads N]
+       [--nstars 3000] [--repeat 3] [--nccd 8] [--threads N] [--bad-columns 0]
 """
 from __future__ import annotations
 
@@ -206,6 +211,8 @@ def main(argv=None):
                    "(1: single-CCD runs only)")
     p.add_argument("--threads", type=int, default=None, help="detectSources config "
                    "threads (default: the config's default)")
+    p.add_argument("--bad-columns", type=int, default=0, help="hot bad columns, masked "
+                   "for both tools")
     args = p.parse_args(argv)
     exe = ensure_sextractor()
     load0 = os.getloadavg()
@@ -214,16 +221,24 @@ def main(argv=None):
         d = Path(d)
         image, var, truth = render(args.nx, args.ny, args.nstars)
         w = wcs(args.nx, args.ny)
+        cols = np.random.default_rng(5).choice(args.nx, args.bad_columns, replace=False)
+        image[:, cols] += 2000.0
+        flag = np.zeros(image.shape, np.int32)
+        flag[:, cols] = 1
+        sex_var = var.copy()
+        sex_var[:, cols] = 1e31
         fits.PrimaryHDU(image, w.to_header()).writeto(d / "image.fits")
-        fits.PrimaryHDU(var, w.to_header()).writeto(d / "var.fits")
-        fits.PrimaryHDU(np.zeros(image.shape, np.int32), w.to_header()).writeto(
-            d / "flag.fits")
+        fits.PrimaryHDU(sex_var, w.to_header()).writeto(d / "var.fits")
+        fits.PrimaryHDU(flag, w.to_header()).writeto(d / "flag.fits")
+        mask = np.zeros(image.shape, np.int32)
         mefs = []
         for k in range(max(1, args.nccd)):
             info = ExposureInfo(visit=1, ccd=k, filter="r", exptime=300.0, mjd=58800.0,
                                 gain=GAIN, saturation=1e9)
             mefs.append(d / f"ccd{k}.fits")
-            write_exposure(mefs[-1], Exposure(image=image, variance=var, wcs=w, info=info))
+            exp = Exposure(image=image, variance=var, mask=mask, wcs=w, info=info)
+            exp.mask[:, cols] = exp.mask_planes.bitmask("BAD")
+            write_exposure(mefs[-1], exp)
         root = d / "repo"
         subprocess.run([sys.executable, str(REPO / "bin/ingestImages.py"), str(root),
                         *map(str, mefs), "--no-progress"], check=True, capture_output=True)
@@ -250,7 +265,8 @@ def main(argv=None):
 
     s_w, s_c = mw(sex)
     threads = args.threads or DetectSourcesConfig().threads
-    print(f"CCD {args.nx}x{args.ny}, {args.nstars} sources (10% extended), Moffat "
+    print(f"CCD {args.nx}x{args.ny}, {args.nstars} sources (10% extended), "
+          f"{args.bad_columns} bad columns, Moffat "
           f"beta={BETA} FWHM={FWHM} px; detectSources threads={threads}; "
           f"median of {args.repeat}; load average "
           f"{load0[0]:.2f} -> {load1[0]:.2f} (1 min), {os.cpu_count()} CPUs")

@@ -29,6 +29,7 @@ from .chunks import row_slices
 from .classify import StellarLocus, is_star, stellar_locus
 from .detect import SEP_BLENDED, detect_sources
 from .growth import GrowthCurve, fit_growth_curve
+from .interpolate import interpolate_bad_runs
 from .measure import FWHM_PER_SIGMA, aperture_fluxes, gaussian_psf_flux, mask_flags
 from .window import measure_windows
 
@@ -67,6 +68,13 @@ class DetectSourcesConfig(TaskConfig):
                                         "(columns flux_ap_<r>)")
     bad_planes: list[str] = Field(["BAD", "NO_DATA"], description="mask planes "
                                   "excluded from background, detection and measurement")
+    interpolate_max_run: int = Field(16, ge=0, description="runs of at most this many "
+                                     "bad pixels along a row (bad columns, NaN or "
+                                     "zero-weight pixels) are interpolated linearly from "
+                                     "the good pixels either side before detection and "
+                                     "measurement, as SExtractor's INTERP_MAXXLAG; longer "
+                                     "runs stay excluded; sources near them are still "
+                                     "flagged (0: none)")
     flag_radius_fwhm: float = Field(1.0, gt=0, description="mask planes within this "
                                     "many PSF FWHMs of a source set its flags")
     min_locus_stars: int = Field(3, ge=1, description="fewer stars on the size locus: "
@@ -261,7 +269,8 @@ def _measure(exp, planes, config, label, pool) -> SourceMeasurement:
 
 @dataclass
 class _Planes:
-    """Pixel planes ready for sep: bad pixels zeroed, variance finite."""
+    """Pixel planes ready for sep: short runs of bad pixels interpolated, the other bad
+    pixels zeroed, variance finite."""
 
     image: np.ndarray
     var: np.ndarray
@@ -292,11 +301,16 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
         if over.any():
             satmask = exp.mask.copy()
             satmask[over] |= mp.bitmask("SAT")
+    if bad.any():  # copies only when needed (full CCDs are large; the caller's arrays)
+        image = np.array(image, dtype=np.float32, order="C")
+        var = np.array(var, dtype=np.float32, order="C")
+        bad = interpolate_bad_runs([image, var], bad, config.interpolate_max_run)
     any_bad = bool(bad.any())
-    if any_bad:  # copies only when needed: full CCDs are large
-        image = np.where(bad, np.float32(0), image)
+    if any_bad:
+        image[bad] = 0
         # bad pixels get a typical variance so sums stay finite (they are masked anyway)
-        var = np.where(bad, np.median(var[~bad][::97]), var).astype(np.float32)
+        sample = var.reshape(-1)[::97][~bad.reshape(-1)[::97]]
+        var[bad] = np.median(sample) if sample.size else 1.0
     return _Planes(image, var, bad, any_bad, satmask)
 
 
