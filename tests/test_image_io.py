@@ -418,3 +418,19 @@ def test_truncated_mef_one_line(tmp_path, where, hdu):
     full.write_bytes(data[:loc["VARIANCE"]["datLoc"] + exp.variance.nbytes]
                      if where == "last pixels" else data)
     assert read_exposure(full).variance.tobytes() == exp.variance.tobytes()
+
+
+def test_lsst_calexp_reads_as_an_exposure(shared_data):
+    # an LSST/AFW calexp (CFHT MegaCam, pixels zeroed upstream) has our IMAGE/MASK/
+    # VARIANCE layout and MP_ mask keys, plus tables of its own: a "PhotoCalib" table
+    # (not our PHOTOCALIB image) and CFHT's CCD = 'Marconi/EEV CCD42-90' keyword
+    path = shared_data / "cfht-d3-ccd12-metadata" / "calexp-849375-12.fits.fz"
+    exp = read_exposure(path)
+    with fits.open(path) as h:
+        prim, mask_h = h[0].header, h["MASK"].header
+        assert exp.image.shape == (h["IMAGE"].header["NAXIS2"],
+                                   h["IMAGE"].header["NAXIS1"]) == (4612, 2048)
+    assert exp.photo_calib is None and exp.wcs is not None
+    assert exp.info.ccd is None and exp.info.exptime == prim["EXPTIME"]
+    for name in ("BAD", "SAT", "INTRP", "CR", "NO_DATA"):
+        assert exp.mask_planes.bit(name) == mask_h[f"MP_{name}"]

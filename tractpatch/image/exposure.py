@@ -53,20 +53,33 @@ class ExposureInfo:
         if self.mjd is not None or self.date_obs is not None:
             header["TIMESYS"] = self.timesys
 
+    _INTS = ("visit", "ccd", "pointing")
+    _FLOATS = ("exptime", "mjd", "gain", "saturation", "psf_fwhm")
+
     @classmethod
     def from_header(cls, header) -> "ExposureInfo":
-        """Read the keywords written by :meth:`to_header`."""
+        """Read the keywords written by :meth:`to_header`.
+
+        A keyword of the wrong type (other software's, e.g. CFHT's ``CCD = 'Marconi/EEV
+        CCD42-90'`` in an LSST calexp) is ignored: the registry holds the data ID.
+        """
         kw = {}
         for f in fields(cls):
             key = cls.KEYWORDS[f.name]
-            if key in header:
-                kw[f.name] = header[key]
-        info = cls(**kw)
-        for name in ("visit", "ccd", "pointing"):
-            v = getattr(info, name)
-            if v is not None:
-                setattr(info, name, int(v))
-        return info
+            if key not in header:
+                continue
+            v = header[key]
+            kind = int if f.name in cls._INTS else float if f.name in cls._FLOATS \
+                else None
+            if kind is not None:
+                if isinstance(v, bool):
+                    continue
+                try:
+                    v = kind(v)
+                except (TypeError, ValueError):
+                    continue
+            kw[f.name] = v
+        return cls(**kw)
 
     def data_id(self) -> dict:
         """The CCD-level data ID ``{'visit': ..., 'ccd': ...}``."""

@@ -185,7 +185,10 @@ def _read_mef(hdul, path) -> Exposure:
     var = _image_data(hdul["VARIANCE"], path, "VARIANCE")
     wcs = read_wcs(img_h, source=str(path)) if "CTYPE1" in img_h else None
     pc = None
-    if "PHOTOCALIB" in hdul:
+    # LSST calexps have IMAGE/MASK/VARIANCE too, and a "PhotoCalib" binary table of
+    # their own (EXTNAMEs match regardless of case): only our image HDU is read
+    if "PHOTOCALIB" in hdul and hdul["PHOTOCALIB"].is_image \
+            and "BBOX_X0" in hdul["PHOTOCALIB"].header:
         ph = hdul["PHOTOCALIB"].header
         bbox = tuple(float(ph[k]) for k in ("BBOX_X0", "BBOX_Y0", "BBOX_X1", "BBOX_Y1"))
         coeffs = _image_data(hdul["PHOTOCALIB"], path, "PHOTOCALIB")
