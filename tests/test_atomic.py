@@ -11,7 +11,8 @@ from astropy.io import fits
 
 import tractpatch.atomic as atomic
 from tractpatch.atomic import AtomicBatch, write_bytes_atomic, write_fits_atomic
-from tractpatch.image.fits_bytes import card, encode_checksum, hdu_bytes, sum32
+from tractpatch.image.fits_bytes import (bintable_bytes, card, encode_checksum, hdu_bytes,
+                                         sum32)
 from tractpatch.image.photocalib import PhotoCalib
 
 
@@ -130,6 +131,30 @@ def test_hdu_bytes_checksums_verify_in_astropy(dtype):
             assert hdul[0].header["OBJECT"] == "m17" and hdul[0].header["NCOMBINE"] == 3
             assert hdul[0].header["SIMPLE2"] is False
             np.testing.assert_array_equal(hdul["IMG"].data, data)
+
+
+def test_bintable_bytes_read_back_in_astropy_with_checksums():
+    rng = np.random.default_rng(3)
+    n = 11  # an odd row count: the data unit is padded
+    cols = {"id": np.arange(n, dtype=np.int64), "x": rng.normal(size=n),
+            "f": rng.normal(size=n).astype(np.float32),
+            "k": rng.integers(-9, 9, n).astype(np.int32),
+            "s": rng.integers(-9, 9, n).astype(np.int16),
+            "b": rng.integers(0, 255, n).astype(np.uint8), "ok": rng.random(n) > 0.5}
+    raw = hdu_bytes([]) + bintable_bytes(cols, {"x": "pix"}, "SOURCES",
+                                         [card("VISIT", 12)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(io.BytesIO(raw), checksum=True) as hdul:
+            hdul.verify("exception")
+            t = hdul["SOURCES"]
+            assert t.verify_checksum() == 1 and t.verify_datasum() == 1
+            assert [c.format for c in t.columns] == ["K", "D", "E", "J", "I", "B", "L"]
+            assert t.columns["x"].unit == "pix" and t.header["VISIT"] == 12
+            for name, v in cols.items():
+                np.testing.assert_array_equal(t.data[name], v)
+    with pytest.raises(ValueError, match="unsupported table column"):
+        bintable_bytes({"c": np.zeros(3, complex)})
 
 
 def test_photocalib_bytes_equal_the_astropy_form():

@@ -262,12 +262,14 @@ def test_aperture_column_names():
     assert aperture_column(4.5) == "flux_ap_4p5"
 
 
-def test_src_hdu_is_astropys_table_hdu():
-    """The structured-array SOURCES HDU holds the same bytes, columns, formats and units
-    as ``fits.BinTableHDU(table)``."""
+def test_src_file_is_astropys_table_hdu(tmp_path):
+    """The directly serialised SRC file holds the same values, columns, formats and units
+    as ``fits.BinTableHDU(table)``, its checksums verify, and the header holds the
+    keywords (with comments; non-finite values left out) and the WCS."""
     from astropy.io import fits
+    from astropy.wcs import WCS
 
-    from tractpatch.sources.catalog import _table_hdu, build_table, column_units
+    from tractpatch.sources.catalog import build_table, column_units, write_src
 
     radii = [3.0, 6.0]
     n = 5
@@ -279,9 +281,27 @@ def test_src_hdu_is_astropys_table_hdu():
                  "flag_blended"):
         cols[name] = cols[name] > 0
     table = build_table(cols, radii)
-    ref, ours = fits.BinTableHDU(table, name="SOURCES"), _table_hdu(table)
-    assert ours.data.tobytes() == ref.data.tobytes()
-    assert ours.columns.names == ref.columns.names
-    assert [c.format for c in ours.columns] == [c.format for c in ref.columns]
-    assert [c.unit for c in ours.columns] == [c.unit for c in ref.columns]
-    assert ours.columns["x"].unit == "pix" and ours.columns["flux_ap_3"].unit == "count"
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [10.0, 20.0]
+    w.wcs.cd = [[-5e-5, 0], [0, 5e-5]]
+    long = "x" * 90
+    write_src(tmp_path / "SRC.fits", table, {"VISIT": 7, "PSFFWHM": (0.71, "[arcsec]"),
+                                            "SKYNOISE": float("nan"), "NOTE": long,
+                                            "STAR": True}, w)
+    ref = fits.BinTableHDU(table, name="SOURCES")
+    with fits.open(tmp_path / "SRC.fits", checksum=True) as h:
+        h.verify("exception")
+        ours = h["SOURCES"]
+        assert ours.columns.names == ref.columns.names
+        for c in table.colnames:
+            np.testing.assert_array_equal(ours.data[c], np.asarray(table[c]))
+        assert [c.format for c in ours.columns] == [c.format for c in ref.columns]
+        assert [c.unit for c in ours.columns] == [c.unit for c in ref.columns]
+        assert ours.columns["x"].unit == "pix" and ours.columns["flux_ap_3"].unit == "count"
+        hd = ours.header
+        assert hd["VISIT"] == 7 and hd["PSFFWHM"] == 0.71 and hd["STAR"] is True
+        assert hd.comments["PSFFWHM"] == "[arcsec]" and hd["NOTE"] == long
+        assert "SKYNOISE" not in hd
+        assert hd["CRVAL1"] == 150.0 and hd["CD2_2"] == 5e-5

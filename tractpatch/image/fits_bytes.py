@@ -1,6 +1,7 @@
 """Small FITS files serialised directly to bytes, with the standard CHECKSUM/DATASUM.
 
-For outputs written by the thousand (jointcal's per-CCD WCS and photoCalib files):
+For outputs written by the thousand (jointcal's per-CCD WCS and photoCalib files,
+detectSources' SRC catalogs):
 astropy's ``HDUList.writeto`` verifies and re-formats every card, which cost more than
 fitting the WCS. Here the caller gives 80-character card images (e.g. from
 :func:`card`) and optional image arrays; the checksums follow the FITS standard
@@ -115,6 +116,12 @@ def hdu_bytes(cards: list[str], data: np.ndarray | None = None, primary: bool = 
                  card("GCOUNT", 1, "number of groups")]
         if extname:
             head.append(card("EXTNAME", extname, "extension name"))
+    return _assemble(head, cards, raw)
+
+
+def _assemble(head: list[str], cards, raw: bytes) -> bytes:
+    """Header (structural cards ``head``, ``cards``, CHECKSUM/DATASUM, END) and the
+    padded data ``raw`` of one HDU."""
     raw = _pad(raw, b"\0")
     dsum = sum32(raw)
     tail = [card("CHECKSUM", "0" * 16, "HDU checksum"),
@@ -128,6 +135,46 @@ def hdu_bytes(cards: list[str], data: np.ndarray | None = None, primary: bool = 
     at = text.index("CHECKSUM= '") + 11
     header = header[:at] + code.encode("ascii") + header[at + 16:]
     return header + raw
+
+
+#: binary-table TFORM codes of numpy dtypes (FITS standard section 7.3.1)
+_TFORM = {"b1": "L", "u1": "B", "i2": "I", "i4": "J", "i8": "K", "f4": "E", "f8": "D"}
+
+
+def bintable_bytes(columns: dict, units: dict | None = None, extname: str | None = None,
+                   cards=()) -> bytes:
+    """A BINTABLE extension of equal-length 1-D ``columns`` (bool, uint8, int16/32/64,
+    float32/64), ``units`` as ``TUNITn``, then ``cards``; booleans are FITS logicals
+    (``'T'``/``'F'``), the rest big-endian."""
+    units = units or {}
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    nrow = len(arrays[0]) if arrays else 0
+    fields, forms = [], []
+    for n, a in zip(names, arrays):
+        key = f"{a.dtype.kind}{a.dtype.itemsize}"
+        if key not in _TFORM or a.ndim != 1 or len(a) != nrow:
+            raise ValueError(f"unsupported table column {n!r} ({a.dtype}, {a.shape})")
+        forms.append(_TFORM[key])
+        fields.append((n, "u1" if key == "b1" else a.dtype.newbyteorder(">")))
+    rows = np.empty(nrow, dtype=fields)
+    for n, a in zip(names, arrays):
+        rows[n] = np.where(a, ord("T"), ord("F")) if a.dtype.kind == "b" else a
+    head = [card("XTENSION", "BINTABLE", "binary table extension"),
+            card("BITPIX", 8, "array data type"),
+            card("NAXIS", 2, "number of array dimensions"),
+            card("NAXIS1", rows.dtype.itemsize, "length of dimension 1"),
+            card("NAXIS2", nrow, "length of dimension 2"),
+            card("PCOUNT", 0, "number of group parameters"),
+            card("GCOUNT", 1, "number of groups"),
+            card("TFIELDS", len(names), "number of table fields")]
+    for k, (n, form) in enumerate(zip(names, forms), start=1):
+        head += [card(f"TTYPE{k}", n), card(f"TFORM{k}", form)]
+        if units.get(n):
+            head.append(card(f"TUNIT{k}", units[n]))
+    if extname:
+        head.append(card("EXTNAME", extname, "extension name"))
+    return _assemble(head, cards, rows.tobytes())
 
 
 def fits_bytes(hdus: list[bytes]) -> bytes:
