@@ -15,7 +15,9 @@ interleaved, ``--repeat`` times:
 - the full ``detectSources.py`` command on one CCD (Python start-up, imports, registry
   and ledger included);
 - with ``--nccd N`` > 1: the command once over N CCDs of the same repository against
-  ``source-extractor`` run once per CCD (as users run it), per CCD.
+  ``source-extractor`` run once per CCD (as users run it), per CCD;
+- with ``--jobs J`` > 1 as well: ``detectSources.py -j J`` over the N CCDs against
+  ``source-extractor`` run J processes at a time (both tools on J cores), per CCD.
 
 Times are medians over the repeats, wall and CPU (user+sys: our process's
 ``process_time`` in-process, ``RUSAGE_CHILDREN`` for commands); CPU time is much less
@@ -30,6 +32,7 @@ Both tools then pay for their masks.
 
 Usage: .venv/bin/python benchmarks/bench_detect.py [--nx 2048] [--ny 4176]
        [--nstars 3000] [--repeat 3] [--nccd 8] [--threads N] [--bad-columns 0]
+       [--jobs 1]
 """
 from __future__ import annotations
 
@@ -165,11 +168,22 @@ def run_ours_inprocess(d: Path, mef: Path, threads=None):
                              "flux_err": t["flux_ap_12_err"]})
 
 
-def run_ours_cli(root: Path, rerun: str, ids: list[str], threads=None):
+def run_ours_cli(root: Path, rerun: str, ids: list[str], threads=None, jobs=1):
     cfg = ["--config", f"threads={threads}"] if threads else []
     return _timed([sys.executable, str(REPO / "bin/detectSources.py"), str(root),
-                   "--rerun", rerun, "--id", *ids, *cfg, "--no-progress"],
+                   "--rerun", rerun, "--id", *ids, *cfg, "-j", str(jobs), "--no-progress"],
                   capture_output=True)
+
+
+def run_sextractor_parallel(exe, d: Path, n: int, jobs: int):
+    """``n`` source-extractor runs, ``jobs`` at a time (as ``xargs -P``): (wall, cpu)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c0, t0 = _children_cpu(), time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda j: run_sextractor(exe, d, d / "image.fits", d / "var.fits",
+                                               d / "flag.fits", tag=f"par{j}"), range(n)))
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 def accuracy(cat: Table, truth: Table, snr_min=20.0):
@@ -213,6 +227,9 @@ def main(argv=None):
                    "threads (default: the config's default)")
     p.add_argument("--bad-columns", type=int, default=0, help="hot bad columns, masked "
                    "for both tools")
+    p.add_argument("--jobs", type=int, default=1, help="also run the --nccd CCDs this "
+                   "many at a time: detectSources.py -j N against N source-extractor "
+                   "processes at a time")
     args = p.parse_args(argv)
     exe = ensure_sextractor()
     load0 = os.getloadavg()
@@ -242,7 +259,7 @@ def main(argv=None):
         root = d / "repo"
         subprocess.run([sys.executable, str(REPO / "bin/ingestImages.py"), str(root),
                         *map(str, mefs), "--no-progress"], check=True, capture_output=True)
-        sex, inp, cli1, sexn, clin = [], [], [], [], []
+        sex, inp, cli1, sexn, clin, sexj, clij = [], [], [], [], [], [], []
         for k in range(args.repeat):  # interleaved, so load changes hit both alike
             wall, cpu, sex_cat = run_sextractor(exe, d, d / "image.fits", d / "var.fits",
                                                 d / "flag.fits")
@@ -257,6 +274,12 @@ def main(argv=None):
                 sexn.append(tuple(sum(r[i] for r in runs) / args.nccd for i in (0, 1)))
                 wall, cpu = run_ours_cli(root, f"all{k}", ["visit=1"], args.threads)
                 clin.append((wall / args.nccd, cpu / args.nccd))
+            if args.nccd > 1 and args.jobs > 1:
+                wall, cpu = run_sextractor_parallel(exe, d, args.nccd, args.jobs)
+                sexj.append((wall / args.nccd, cpu / args.nccd))
+                wall, cpu = run_ours_cli(root, f"par{k}", ["visit=1"], args.threads,
+                                         args.jobs)
+                clij.append((wall / args.nccd, cpu / args.nccd))
         a_sex, a_ours = accuracy(sex_cat, truth), accuracy(ours, truth)
     load1 = os.getloadavg()
 
@@ -279,9 +302,17 @@ def main(argv=None):
         n_w, n_c = mw(sexn)
         print(f"  {f'source-extractor per CCD, {args.nccd} runs':34s} {n_w:7.2f} {n_c:7.2f}")
         rows.append((f"detectSources.py, {args.nccd} CCDs, per CCD", mw(clin)))
+    refs = {}
+    if sexj:
+        j_w, j_c = mw(sexj)
+        print(f"  {f'source-extractor per CCD, {args.jobs} at a time':34s} {j_w:7.2f} "
+              f"{j_c:7.2f}")
+        name = f"detectSources.py -j {args.jobs}, per CCD"
+        rows.append((name, mw(clij)))
+        refs[name] = (j_w, j_c)
     ratios = {}
     for name, (w_, c_) in rows:
-        ref_w, ref_c = (n_w, n_c) if "CCDs" in name else (s_w, s_c)
+        ref_w, ref_c = refs.get(name) or ((n_w, n_c) if "CCDs" in name else (s_w, s_c))
         ratios[name] = (_ratio(ref_w, w_), _ratio(ref_c, c_))
         print(f"  {name:34s} {w_:7.2f} {c_:7.2f}  {ratios[name][0]:19.2f} "
               f"{ratios[name][1]:5.2f}")
