@@ -17,7 +17,7 @@ import sep
 
 from tractpatch.image import Exposure, ExposureInfo
 from tractpatch.sources.growth import _annulus_median, _isolated
-from tractpatch.sources.measure import FWHM_PER_SIGMA, gaussian_psf_flux
+from tractpatch.sources.measure import FWHM_PER_SIGMA, gaussian_psf_flux, mask_flags
 from tractpatch.sources.stamps import stamp_index
 from tractpatch.sources.task import DetectSourcesConfig, _split, measure_exposure
 from tractpatch.sources.window import _errors, measure_windows
@@ -271,3 +271,30 @@ def test_threads_do_not_change_the_catalog():
     assert len(one) > 512
     for c in one.colnames:
         np.testing.assert_array_equal(np.asarray(one[c]), np.asarray(three[c]))
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_mask_flags_match_a_per_source_loop(empty):
+    rng = np.random.default_rng(8)
+    ny, nx = 50, 40
+    mask = np.zeros((ny, nx), np.int32)
+    if not empty:
+        mask[rng.random((ny, nx)) < 0.01] = 1
+        mask[rng.random((ny, nx)) < 0.01] |= 4
+    x = np.r_[rng.uniform(0, nx - 1, 30), 0.2, 39.6]
+    y = np.r_[rng.uniform(0, ny - 1, 30), 25.0, 48.7]
+    r = 2.6
+    got = mask_flags(mask, x, y, r, {"a": 1, "b": 4})
+    for i in range(len(x)):
+        ored, off = 0, False
+        for py in range(int(np.floor(y[i] - r)), int(np.ceil(y[i] + r)) + 1):
+            for px in range(int(np.floor(x[i] - r)), int(np.ceil(x[i] + r)) + 1):
+                if (px - x[i]) ** 2 + (py - y[i]) ** 2 > r * r:
+                    continue
+                if 0 <= px < nx and 0 <= py < ny:
+                    ored |= mask[py, px]
+                else:
+                    off = True
+        assert got["a"][i] == bool(ored & 1) and got["b"][i] == bool(ored & 4)
+        assert got["off_image"][i] == off
+    assert got["off_image"][-2:].all() and (empty or got["a"].any())

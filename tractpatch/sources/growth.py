@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from .stamps import cut_stamps
+from .stamps import stamp_index
 
 
 def moffat_alpha(fwhm, beta):
@@ -173,11 +173,14 @@ def _annulus_median(data, reject, x, y, r_in, r_out):
     instead of a per-row ``nanmedian``.
     """
     half = int(np.ceil(r_out)) + 1
-    st = cut_stamps(x, y, half, data.shape)
-    r2 = st.dx ** 2 + st.dy ** 2
-    use = (st.inside & (r2 >= r_in ** 2) & (r2 <= r_out ** 2)
-           & ~st.take(reject)).reshape(len(x), -1)
-    vals = np.where(use, st.take(data).reshape(len(x), -1), np.nan)
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    flat, inside, gx, gy = stamp_index(x, y, half, data.shape)
+    r2 = ((gx - x[:, None]) ** 2)[:, None, :] + ((gy - y[:, None]) ** 2)[:, :, None]
+    use = (inside & (r2 >= r_in ** 2) & (r2 <= r_out ** 2)
+           & ~np.take(np.ascontiguousarray(reject).reshape(-1), flat)).reshape(len(x), -1)
+    vals = np.where(use, np.take(np.ascontiguousarray(data).reshape(-1), flat)
+                    .reshape(len(x), -1), np.nan)
     vals.sort(axis=1)
     k = use.sum(axis=1)
     lo = np.take_along_axis(vals, np.clip((k - 1) // 2, 0, None)[:, None], 1)[:, 0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import sep
 
-from .stamps import any_bad, cut_stamps, source_blocks, window_stamps
+from .stamps import any_bad, source_blocks, stamp_index, window_stamps
 
 #: Gaussian FWHM / sigma.
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -93,14 +93,21 @@ def mask_flags(mask, x, y, radius: float, bits: dict) -> dict:
         ``{name: bool array}`` plus ``"off_image"`` (part of the disc lies off the CCD).
     """
     half = int(np.ceil(radius))
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
     out = {name: np.zeros(len(x), bool) for name in bits}
     out["off_image"] = np.zeros(len(x), bool)
+    flat_mask = np.ascontiguousarray(mask).reshape(-1) if np.any(mask) else None
     for sl in source_blocks(len(x), half):
-        st = cut_stamps(x[sl], y[sl], half, mask.shape)
-        disc = (st.dx ** 2 + st.dy ** 2) <= radius ** 2
-        m = np.where(disc & st.inside, st.take(mask), 0)
+        flat, inside, gx, gy = stamp_index(x[sl], y[sl], half, mask.shape)
+        dx2 = (gx - x[sl, None]) ** 2
+        dy2 = (gy - y[sl, None]) ** 2
+        disc = dx2[:, None, :] + dy2[:, :, None] <= radius ** 2
+        out["off_image"][sl] = np.any(disc & ~inside, axis=(1, 2))
+        if flat_mask is None:  # no plane set anywhere: only the edge test
+            continue
+        m = np.where(disc & inside, np.take(flat_mask, flat), 0)
         ored = np.bitwise_or.reduce(m.reshape(len(m), -1), axis=1)
         for name, b in bits.items():
             out[name][sl] = (ored & b) != 0
-        out["off_image"][sl] = np.any(disc & ~st.inside, axis=(1, 2))
     return out

@@ -6,42 +6,7 @@ indices), so their sums become batched numpy products with no Python loop per so
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-
-@dataclass
-class Stamps:
-    """Pixel stamps around many sources (axis 0: source).
-
-    ``dx``/``dy`` are pixel-centre offsets from the source position, ``inside`` marks
-    stamp pixels that lie on the image.
-    """
-
-    dx: np.ndarray
-    dy: np.ndarray
-    inside: np.ndarray
-    iy: np.ndarray
-    ix: np.ndarray
-
-    def take(self, arr: np.ndarray) -> np.ndarray:
-        """Values of image ``arr`` on the stamps (off-image pixels read the edge)."""
-        return arr[self.iy, self.ix]
-
-
-def cut_stamps(x: np.ndarray, y: np.ndarray, half: int, shape) -> Stamps:
-    """Stamps of ``(2 half + 1)^2`` pixels centred on the nearest pixel of each source."""
-    ny, nx = shape
-    off = np.arange(-half, half + 1)
-    cx = np.rint(x).astype(np.int64)
-    cy = np.rint(y).astype(np.int64)
-    gx = cx[:, None, None] + off[None, None, :]
-    gy = cy[:, None, None] + off[None, :, None]
-    gx, gy = np.broadcast_arrays(gx, gy)
-    inside = (gx >= 0) & (gx < nx) & (gy >= 0) & (gy < ny)
-    return Stamps(dx=gx - x[:, None, None], dy=gy - y[:, None, None], inside=inside,
-                  iy=np.clip(gy, 0, ny - 1), ix=np.clip(gx, 0, nx - 1))
 
 
 def source_blocks(n: int, half: int, budget: int = 4_000_000):
