@@ -67,7 +67,9 @@ class DetectSourcesConfig(TaskConfig):
                                         description="aperture radii in pixels "
                                         "(columns flux_ap_<r>)")
     bad_planes: list[str] = Field(["BAD", "NO_DATA"], description="mask planes "
-                                  "excluded from background, detection and measurement")
+                                  "whose pixels are interpolated (short runs, see "
+                                  "interpolate_max_run) or else excluded from "
+                                  "background, detection and measurement")
     interpolate_max_run: int = Field(16, ge=0, description="runs of at most this many "
                                      "bad pixels along a row (bad columns, NaN or "
                                      "zero-weight pixels) are interpolated linearly from "
