@@ -25,21 +25,20 @@ def interpolate_bad_runs(planes, bad: np.ndarray, max_run: int = 16):
         Image planes of ``bad``'s shape (e.g. the image and its variance), C-contiguous;
         they are modified in place.
     bad : ndarray of bool
-        Pixels to replace.
+        Pixels to replace; the filled ones are cleared in place.
     max_run : int
         Longest run (pixels along a row) that is interpolated.
 
     Returns
     -------
     ndarray of bool
-        The pixels still bad: runs longer than ``max_run`` and runs touching both ends
+        ``bad``, now the pixels still bad: runs longer than ``max_run`` and runs touching both ends
         of their row. A run touching one end takes the value of its one good neighbour.
     """
     ny, nx = bad.shape
     idx = np.flatnonzero(bad)
-    left_bad = bad.copy()
     if idx.size == 0 or max_run < 1:
-        return left_bad
+        return bad
     col = idx % nx
     # runs: consecutive flat indices within one row
     start = np.ones(idx.size, bool)
@@ -53,7 +52,7 @@ def interpolate_bad_runs(planes, bad: np.ndarray, max_run: int = 16):
     fill = (length <= max_run) & (has_left | has_right)
     use = fill[run]
     if not use.any():
-        return left_bad
+        return bad
     r = run[use]
     # position of each pixel along its run's straight line: 1 .. length, out of length + 1
     frac = (idx[use] - first[r] + 1) / (length[r] + 1.0)
@@ -62,5 +61,5 @@ def interpolate_bad_runs(planes, bad: np.ndarray, max_run: int = 16):
     for plane in planes:
         flat = plane.reshape(-1)
         flat[idx[use]] = flat[lo] * (1.0 - frac) + flat[hi] * frac
-    left_bad.reshape(-1)[idx[use]] = False
-    return left_bad
+    bad.reshape(-1)[idx[use]] = False
+    return bad

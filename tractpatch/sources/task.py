@@ -151,7 +151,7 @@ def _pixel_scale_arcsec(wcs) -> float:
 
 
 def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
-                     label: str = "CCD") -> SourceMeasurement:
+                     label: str = "CCD", overwrite: bool = False) -> SourceMeasurement:
     """Detect and measure the sources of one Exposure.
 
     Parameters
@@ -160,13 +160,17 @@ def measure_exposure(exp: Exposure, config: DetectSourcesConfig,
     config : DetectSourcesConfig
     label : str
         Names the CCD in error messages (``visit=... ccd=...``).
+    overwrite : bool
+        The image and variance planes may be changed in place (bad pixels interpolated
+        or zeroed) instead of copied: for a caller that read the Exposure only for this
+        (two CCD-sized copies fewer).
 
     Raises
     ------
     DataQualityError
         No usable pixel, or no source detected.
     """
-    planes = _prepare_planes(exp, config, label)
+    planes = _prepare_planes(exp, config, label, overwrite)
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         return _measure(exp, planes, config, label, pool)
 
@@ -281,7 +285,8 @@ class _Planes:
     satmask: np.ndarray   # the mask with pixels above SATURATE added to SAT
 
 
-def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _Planes:
+def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str,
+                    overwrite: bool = False) -> _Planes:
     mp = exp.mask_planes
     image = np.asarray(exp.image, dtype=np.float32)
     var = np.asarray(exp.variance, dtype=np.float32)
@@ -304,8 +309,7 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
             satmask = exp.mask.copy()
             satmask[over] |= mp.bitmask("SAT")
     if bad.any():  # copies only when needed (full CCDs are large; the caller's arrays)
-        image = np.array(image, dtype=np.float32, order="C")
-        var = np.array(var, dtype=np.float32, order="C")
+        image, var = (_writable(a, overwrite) for a in (image, var))
         bad = interpolate_bad_runs([image, var], bad, config.interpolate_max_run)
     any_bad = bool(bad.any())
     if any_bad:
@@ -314,6 +318,14 @@ def _prepare_planes(exp: Exposure, config: DetectSourcesConfig, label: str) -> _
         sample = var.reshape(-1)[::97][~bad.reshape(-1)[::97]]
         var[bad] = np.median(sample) if sample.size else 1.0
     return _Planes(image, var, bad, any_bad, satmask)
+
+
+def _writable(a, overwrite):
+    """``a`` itself when it may be overwritten and is a C-contiguous writeable float32
+    array, else a copy of that kind."""
+    if overwrite and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, dtype=np.float32, order="C")
 
 
 def _sky_and_detect(planes: _Planes, config: DetectSourcesConfig, label: str, pool,
@@ -479,7 +491,7 @@ class DetectSourcesTask(CmdLineTask):
             raise
         except UserError as exc:  # unreadable/empty file: flag this CCD, go on
             raise DataQualityError(f"{label}: {exc}") from None
-        res = measure_exposure(exp, self.config, label)
+        res = measure_exposure(exp, self.config, label, overwrite=True)
         info = exp.info
         header = {"VISIT": int(info.visit), "CCD": int(info.ccd),
                   "FILTER": info.filter, "MJD-OBS": info.mjd,
