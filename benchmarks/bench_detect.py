@@ -158,8 +158,9 @@ def run_sextractor(exe, d: Path, image: Path, weight: Path, flag: Path, tag="sex
 def run_ours_inprocess(d: Path, mef: Path, threads=None):
     c0, t0 = time.process_time(), time.perf_counter()
     exp = read_exposure(mef)
+    # the exposure was read for this only, as in the command
     res = measure_exposure(exp, DetectSourcesConfig(**({"threads": threads} if threads
-                                                       else {})))
+                                                       else {})), overwrite=True)
     write_src(d / "SRC-bench.fits", res.table, {"VISIT": 1}, exp.wcs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     t = res.table
