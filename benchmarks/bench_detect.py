@@ -23,7 +23,10 @@ Times are medians over the repeats, wall and CPU (user+sys: our process's
 ``process_time`` in-process, ``RUSAGE_CHILDREN`` for commands); CPU time is much less
 sensitive to other load on the machine. Centroid accuracy: rms of the windowed
 position error of isolated S/N > 20 stars against the truth, and the pull width. The
-last line is a one-line verdict with the ratios (``>1`` means detectSources is faster).
+last line is a one-line verdict with the ratios (``>1`` means detectSources is faster):
+PASS when the command over ``--nccd`` CCDs is at least as fast per CCD in wall time as
+``source-extractor`` once per CCD (the in-process call when ``--nccd 1``) and the
+centroid rms is no worse within its statistical error.
 
 With ``--bad-columns N`` the CCD has N hot bad columns (2000 counts above the sky, as
 real CCDs have): BAD in our mask plane, and for SExtractor a variance of 1e31 there
@@ -324,7 +327,11 @@ def main(argv=None):
           f"{a_sex['robust_pix']:.4f} px, ours {a_ours['robust_pix']:.4f} px (ratio "
           f"{a_ours['robust_pix'] / a_sex['robust_pix']:.3f}; not in the verdict)")
     rms_ratio = a_ours["rms_pix"] / a_sex["rms_pix"]
-    speed = ratios["detectSources in-process"][0]
+    # "as fast per CCD": the command over the CCDs of a visit, against source-extractor
+    # run once per CCD, is how both are run; without --nccd the in-process call (no
+    # start-up, but each repeat is a cold call in a process that ran the others)
+    key = f"detectSources.py, {args.nccd} CCDs, per CCD"
+    speed = ratios[key if key in ratios else "detectSources in-process"][0]
     # "no worse": within the statistical error of the rms (1/sqrt(2n) ~ 3% here)
     tol = 1.0 + 1.0 / np.sqrt(2 * max(1, min(a_sex["n"], a_ours["n"])))
     ok = speed >= 1.0 and rms_ratio <= tol
