@@ -9,10 +9,11 @@ iterated to two fixed points at once:
   the window-weighted second moment per axis about the centroid. For a Gaussian source
   that is its sigma exactly; for a Moffat-like PSF it follows the core (as the FWHM
   quoted by PSFEx or the LSST pipelines does), unlike SExtractor's ``2 r50 / 2.35``,
-  which the wings and neighbours inflate. The update ``s^2 <- m s^2 / (s^2 - m)``
-  (the window deconvolved from a Gaussian's weighted moment) has the same fixed point
-  and reaches it in one step for a Gaussian source, instead of halving the error per
-  step as ``s^2 <- 2 m`` does.
+  which the wings and neighbours inflate. The update is the mean of ``s^2 <- 2 m`` and
+  ``s^2 <- m s^2 / (s^2 - m)`` (the window deconvolved from a Gaussian's weighted
+  moment): both have the fixed point ``s^2 = 2 m``; the first halves a Gaussian
+  source's error per step, the second oscillates for a sharp one, the mean quarters
+  and halves them.
 
 Pixels of other detections (the segmentation map) are left out of a source's window,
 as sep's ``sum_circle(..., seg_id)`` does: a bright neighbour 12-20 pixels away
@@ -89,8 +90,8 @@ def _profiles(g, c, s):
 
 
 def _moments(img, gx, gy, x, y, s):
-    """Window sums ``sum w I``, ``sum w dx I``, ``sum w dy I``, ``sum w dx^2 I``,
-    ``sum w dy^2 I`` of each stamp, and the window profiles."""
+    """Window sums ``sum w I``, ``sum w dx I``, ``sum w dy I``, ``sum w dx^2 I`` and
+    ``sum w dy^2 I`` of each stamp."""
     ex, dx = _profiles(gx, x, s)
     ey, dy = _profiles(gy, y, s)
     # the window is separable: sum over x with three profiles at once, then over y
@@ -146,8 +147,8 @@ def _iterate(img, gx, gy, x, y, s, fix_s, n_left, half, s_max, tol, sigma_tol):
             # the centroid step of a Gaussian source is 1 + sigma^2 / s^2 = s^2 / (s^2 - m)
             # times the weighted mean offset, per axis: 2 (SExtractor's factor) once
             # the window matches, 1 along a sharp source, where 2 overshoots for ever
-            fac_x = np.clip(s2 / (s2 - mxx), 1.0, WINPOS_FAC)
-            fac_y = np.clip(s2 / (s2 - myy), 1.0, WINPOS_FAC)
+            fac_x = np.clip(s2 / np.maximum(s2 - mxx, s2 / 9.0), 1.0, WINPOS_FAC)
+            fac_y = np.clip(s2 / np.maximum(s2 - myy, s2 / 9.0), 1.0, WINPOS_FAC)
             stepx, stepy = fac_x * wx / wi, fac_y * wy / wi
             # the mean of the plain update s^2 <- 2 m and the deconvolved one m dec: both
             # have the fixed point s^2 = 2 m; the plain one halves a Gaussian's error per
